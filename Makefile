@@ -1,0 +1,47 @@
+# cargohold: `make run` serves the registry, `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+
+.PHONY: help run test check fmt migrate bench bench-quick system-deps clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	bash scripts/bootstrap-python.sh $(PYTHON) $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP) ## serve the registry on http://127.0.0.1:5000 (SQLite + ./var)
+	$(BIN)/cargohold serve
+
+system-deps: ## install the Debian packages the tests use (registry clients, servers)
+	bash scripts/install-system-deps.sh
+
+test: $(STAMP) system-deps ## install everything, check the code, run every test
+	$(MAKE) check
+	$(BIN)/pytest
+
+check: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## format the code
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+migrate: $(STAMP) ## bring the database schema up to date
+	$(BIN)/cargohold migrate
+
+bench: $(STAMP) system-deps ## benchmark against CNCF Distribution; writes docs/benchmarks.md
+	$(BIN)/python bench/compare.py
+
+bench-quick: $(STAMP) system-deps ## a short benchmark run that checks the harness works
+	$(BIN)/python bench/compare.py --quick --out /tmp/cargohold-bench-quick.md
+
+clean: ## remove the virtual environment and local data
+	rm -rf $(VENV) var

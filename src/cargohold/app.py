@@ -1,0 +1,82 @@
+"""Composition root: settings in, a wired Runtime and an ASGI app out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from cargohold import __version__
+from cargohold.db.session import Database
+from cargohold.jobs.schedule import Periodic, Scheduler
+from cargohold.services.runtime import Runtime
+from cargohold.settings import Settings, load_settings
+from cargohold.storage.registry import build_driver
+from cargohold.web.registry.routes import router
+
+CONFIG_ENV = "CARGOHOLD_CONFIG_FILE"
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    db = Database(
+        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
+    )
+    return Runtime.build(settings, db, build_driver(settings))
+
+
+def _scheduler(runtime: Runtime) -> Scheduler:
+    reg = runtime.settings.registry
+    max_age = timedelta(seconds=reg.upload_max_age_seconds)
+    return Scheduler(
+        [
+            Periodic(
+                "purge-stale-uploads",
+                reg.upload_purge_interval_seconds,
+                lambda: runtime.uploads.purge_stale(max_age),
+            )
+        ]
+    )
+
+
+async def _home(request: Request) -> Response:
+    return PlainTextResponse(f"cargohold {__version__}: OCI registry API at /v2/\n")
+
+
+async def _health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+def make_asgi(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = build_runtime(settings)
+        app.state.runtime = runtime
+        scheduler = _scheduler(runtime)
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            await runtime.close()
+
+    return Starlette(
+        routes=[
+            Route("/", _home),
+            Route("/healthz", _health),
+            # The /v2 router matches on the full path itself (names contain slashes).
+            Route("/v2{rest:path}", endpoint=router),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def app_from_environment() -> Starlette:
+    """Factory for the server's worker processes: settings from the file named in the
+    environment (if any) plus CARGOHOLD_* variables."""
+    return make_asgi(load_settings(os.environ.get(CONFIG_ENV) or None))

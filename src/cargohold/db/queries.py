@@ -1,0 +1,42 @@
+"""Small SQL helpers shared by the services, written once for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cargohold.db.base import Base
+from cargohold.db.models import Namespace, Repository
+
+
+async def insert_ignore(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> None:
+    """INSERT that does nothing when a unique constraint says the row is already there."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    if dialect == "postgresql":
+        await session.execute(postgresql.insert(model).values(**values).on_conflict_do_nothing())
+    else:
+        await session.execute(sqlite.insert(model).values(**values).on_conflict_do_nothing())
+
+
+async def repository_id(session: AsyncSession, name: str) -> int | None:
+    return (
+        await session.execute(select(Repository.id).where(Repository.name == name))
+    ).scalar_one_or_none()
+
+
+async def ensure_repository(session: AsyncSession, name: str, namespace: str) -> int:
+    """The id of repository `name`, creating it (and its namespace) on first use."""
+    existing = await repository_id(session, name)
+    if existing is not None:
+        return existing
+    await insert_ignore(session, Namespace, {"name": namespace})
+    ns_id = (
+        await session.execute(select(Namespace.id).where(Namespace.name == namespace))
+    ).scalar_one()
+    await insert_ignore(session, Repository, {"name": name, "namespace_id": ns_id})
+    repo_id = await repository_id(session, name)
+    assert repo_id is not None
+    return repo_id

@@ -1,0 +1,57 @@
+"""Repository and tag grammar: the only name validator in cargohold.
+
+Names follow the OCI distribution-spec grammar. cargohold also requires at
+least two path components, because the first one is the namespace (the unit of
+ownership and access control, as in Quay and Harbor)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cargohold.domain.errors import NameInvalid, TagInvalid
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+MAX_REPOSITORY_LENGTH = 255
+MAX_COMPONENTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryName:
+    """A validated repository name such as ``team/app/web``."""
+
+    value: str
+
+    @property
+    def namespace(self) -> str:
+        return self.value.split("/", 1)[0]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_repository(name: str) -> RepositoryName:
+    """Validate `name` against the grammar; raise NameInvalid with the reason."""
+    if len(name) > MAX_REPOSITORY_LENGTH:
+        raise NameInvalid(f"repository name longer than {MAX_REPOSITORY_LENGTH} characters")
+    if not _REPOSITORY_RE.fullmatch(name):
+        raise NameInvalid("repository name must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*(/...)*")
+    components = name.count("/") + 1
+    if components < 2:
+        raise NameInvalid("repository name must be <namespace>/<name>")
+    if components > MAX_COMPONENTS:
+        raise NameInvalid(f"repository name has more than {MAX_COMPONENTS} components")
+    return RepositoryName(name)
+
+
+def is_tag(reference: str) -> bool:
+    return _TAG_RE.fullmatch(reference) is not None
+
+
+def parse_tag(tag: str) -> str:
+    if not is_tag(tag):
+        raise TagInvalid("tag must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+    return tag

@@ -1,0 +1,277 @@
+"""Manifests and tags: push, pull, delete.
+
+A manifest is accepted only if every blob it names is linked into the repository (with
+the size its descriptor claims) and, for an index, every child manifest is in the
+repository too. Its bytes are stored exactly as pushed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from cargohold.db.base import utcnow
+from cargohold.db.models import (
+    Blob,
+    Manifest,
+    ManifestBlob,
+    ManifestChild,
+    Repository,
+    RepositoryBlob,
+    Tag,
+)
+from cargohold.db.queries import ensure_repository, insert_ignore, repository_id
+from cargohold.db.session import Database, run_write
+from cargohold.domain.digests import Digest, digest_of, parse_digest
+from cargohold.domain.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
+    Referenced,
+)
+from cargohold.domain.manifests import Descriptor, ParsedManifest, parse_manifest
+from cargohold.domain.names import RepositoryName, is_tag, parse_tag
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    payload: bytes
+    subject: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A manifest reference from a URL: exactly one of tag and digest is set."""
+
+    tag: str | None = None
+    digest: Digest | None = None
+
+
+def parse_reference(text: str) -> Reference:
+    if ":" in text:
+        return Reference(digest=parse_digest(text))
+    if is_tag(text):
+        return Reference(tag=text)
+    parse_tag(text)  # raises TagInvalid with the grammar
+    raise AssertionError("unreachable")
+
+
+class ManifestService:
+    def __init__(self, db: Database, *, max_manifest_bytes: int) -> None:
+        self.db = db
+        self.max_manifest_bytes = max_manifest_bytes
+
+    # -- pull ----------------------------------------------------------------------------
+
+    async def get(self, repository: RepositoryName, reference: Reference) -> ManifestRecord:
+        query = select(
+            Manifest.digest, Manifest.media_type, Manifest.payload, Manifest.subject_digest
+        ).join(Repository, Repository.id == Manifest.repository_id)
+        if reference.tag is not None:
+            query = query.join(Tag, Tag.manifest_id == Manifest.id).where(
+                Tag.repository_id == Repository.id,
+                Tag.name == reference.tag,
+                Tag.ended_at.is_(None),
+            )
+        else:
+            query = query.where(Manifest.digest == str(reference.digest))
+        async with self.db.read() as session:
+            row = (await session.execute(query.where(Repository.name == repository.value))).first()
+            if row is None:
+                if await repository_id(session, repository.value) is None:
+                    raise NameUnknown(detail={"name": repository.value})
+                raise ManifestUnknown(detail={"reference": reference.tag or str(reference.digest)})
+        return ManifestRecord(row[0], row[1], row[2], row[3])
+
+    # -- push ----------------------------------------------------------------------------
+
+    async def put(
+        self,
+        repository: RepositoryName,
+        reference: Reference,
+        payload: bytes,
+        content_type: str | None,
+    ) -> ManifestRecord:
+        if len(payload) > self.max_manifest_bytes:
+            raise ManifestTooLarge(f"manifest larger than {self.max_manifest_bytes} bytes")
+        parsed = parse_manifest(payload, content_type)
+        if reference.digest is not None:
+            digest = digest_of(payload, reference.digest.algorithm)
+            if digest != reference.digest:
+                raise DigestInvalid("manifest digest does not match the reference")
+        else:
+            digest = digest_of(payload)
+        record = ManifestRecord(
+            str(digest),
+            parsed.media_type,
+            payload,
+            str(parsed.subject.digest) if parsed.subject else None,
+        )
+
+        async def work(session: AsyncSession) -> None:
+            repo_id = await ensure_repository(session, repository.value, repository.namespace)
+            manifest_id = await self._store(session, repo_id, record, parsed)
+            if reference.tag is not None:
+                await _point_tag(session, repo_id, reference.tag, manifest_id)
+
+        await run_write(self.db, work)
+        return record
+
+    async def _store(
+        self, session: AsyncSession, repo_id: int, record: ManifestRecord, parsed: ParsedManifest
+    ) -> int:
+        existing = (
+            await session.execute(
+                select(Manifest.id).where(
+                    Manifest.repository_id == repo_id, Manifest.digest == record.digest
+                )
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing
+        blob_ids = await _check_blobs(session, repo_id, parsed)
+        child_ids = await _check_children(session, repo_id, parsed.children)
+        manifest = Manifest(
+            repository_id=repo_id,
+            digest=record.digest,
+            media_type=record.media_type,
+            artifact_type=parsed.effective_artifact_type,
+            subject_digest=record.subject,
+            size=record.size,
+            payload=record.payload,
+        )
+        session.add(manifest)
+        await session.flush()
+        for blob_id in blob_ids:
+            await insert_ignore(
+                session, ManifestBlob, {"manifest_id": manifest.id, "blob_id": blob_id}
+            )
+        for child_id in child_ids:
+            await insert_ignore(
+                session, ManifestChild, {"parent_id": manifest.id, "child_id": child_id}
+            )
+        return manifest.id
+
+    # -- delete --------------------------------------------------------------------------
+
+    async def delete(self, repository: RepositoryName, reference: Reference) -> None:
+        """Delete a tag, or a manifest with every tag pointing at it."""
+
+        async def work(session: AsyncSession) -> None:
+            repo_id = await repository_id(session, repository.value)
+            if repo_id is None:
+                raise NameUnknown(detail={"name": repository.value})
+            if reference.tag is not None:
+                result = await session.execute(
+                    update(Tag)
+                    .where(
+                        Tag.repository_id == repo_id,
+                        Tag.name == reference.tag,
+                        Tag.ended_at.is_(None),
+                    )
+                    .values(ended_at=utcnow())
+                )
+                if not result.rowcount:  # type: ignore[attr-defined]
+                    raise ManifestUnknown(detail={"tag": reference.tag})
+                return
+            manifest_id = (
+                await session.execute(
+                    select(Manifest.id).where(
+                        Manifest.repository_id == repo_id,
+                        Manifest.digest == str(reference.digest),
+                    )
+                )
+            ).scalar_one_or_none()
+            if manifest_id is None:
+                raise ManifestUnknown(detail={"digest": str(reference.digest)})
+            if await session.scalar(select(exists().where(ManifestChild.child_id == manifest_id))):
+                raise Referenced("manifest is referenced by an index; delete the index first")
+            await session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
+            await session.execute(delete(Manifest).where(Manifest.id == manifest_id))
+
+        await run_write(self.db, work)
+
+
+async def _point_tag(session: AsyncSession, repo_id: int, tag: str, manifest_id: int) -> None:
+    current = (
+        await session.execute(
+            select(Tag.id, Tag.manifest_id).where(
+                Tag.repository_id == repo_id, Tag.name == tag, Tag.ended_at.is_(None)
+            )
+        )
+    ).first()
+    if current is not None:
+        if current[1] == manifest_id:
+            return
+        now = utcnow()
+        await session.execute(update(Tag).where(Tag.id == current[0]).values(ended_at=now))
+    session.add(Tag(repository_id=repo_id, name=tag, manifest_id=manifest_id))
+    await session.flush()
+
+
+async def _check_blobs(session: AsyncSession, repo_id: int, parsed: ParsedManifest) -> list[int]:
+    wanted = parsed.required_blobs()
+    if not wanted:
+        return []
+    rows = (
+        await session.execute(
+            select(Blob.digest, Blob.id, Blob.size)
+            .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
+            .where(
+                RepositoryBlob.repository_id == repo_id,
+                Blob.digest.in_({str(d) for d in wanted}),
+            )
+        )
+    ).all()
+    found = {digest: (blob_id, size) for digest, blob_id, size in rows}
+    descriptors: list[Descriptor] = [*([parsed.config] if parsed.config else []), *parsed.layers]
+    for desc in descriptors:
+        hit = found.get(str(desc.digest))
+        if hit is None:
+            if str(desc.digest) in {str(d) for d in wanted}:
+                raise ManifestBlobUnknown(detail={"digest": str(desc.digest)})
+            continue
+        if hit[1] != desc.size:
+            raise ManifestInvalid(
+                f"descriptor size {desc.size} of {desc.digest} differs from the blob's {hit[1]}"
+            )
+    return [blob_id for blob_id, _ in found.values()]
+
+
+async def _check_children(
+    session: AsyncSession, repo_id: int, children: tuple[Descriptor, ...]
+) -> list[int]:
+    if not children:
+        return []
+    child = aliased(Manifest)
+    rows = (
+        await session.execute(
+            select(child.digest, child.id, child.size).where(
+                child.repository_id == repo_id, child.digest.in_({str(c.digest) for c in children})
+            )
+        )
+    ).all()
+    found = {digest: (manifest_id, size) for digest, manifest_id, size in rows}
+    for desc in children:
+        hit = found.get(str(desc.digest))
+        if hit is None:
+            raise ManifestBlobUnknown(
+                "index references a manifest unknown to this repository",
+                detail={"digest": str(desc.digest)},
+            )
+        if hit[1] != desc.size:
+            raise ManifestInvalid(
+                f"descriptor size {desc.size} of {desc.digest} differs from the manifest's {hit[1]}"
+            )
+    return [manifest_id for manifest_id, _ in found.values()]

@@ -1,0 +1,305 @@
+"""Blob upload sessions: start, append (streamed or chunked), finish, cancel, purge.
+
+The database row holds the authoritative size of an upload. Bytes past it (a PATCH
+cut off by a disconnect or a crash) are discarded when the upload is next written,
+so a client that asks for the status and resumes from there always gets a blob
+that is exactly what it sent. A blob becomes visible under its digest only after its
+bytes are complete, verified and durably moved into place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cargohold.db.base import utcnow
+from cargohold.db.models import Blob, Repository, Upload
+from cargohold.db.queries import ensure_repository, insert_ignore
+from cargohold.db.session import Database, run_write
+from cargohold.domain.digests import Digest, Hasher, new_hasher
+from cargohold.domain.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from cargohold.domain.names import RepositoryName
+from cargohold.services.blobs import BlobInfo, link_blob
+from cargohold.storage import layout
+from cargohold.storage.driver import ObjectNotFound, StorageDriver, UploadWriter
+
+log = logging.getLogger(__name__)
+
+WRITE_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    id: str
+    repository: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRange:
+    """A parsed `Content-Range: <start>-<end>` of a chunked PATCH (end inclusive)."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class UploadService:
+    def __init__(self, db: Database, storage: StorageDriver, *, max_blob_bytes: int) -> None:
+        self.db = db
+        self.storage = storage
+        self.max_blob_bytes = max_blob_bytes
+        # The running sha256 of each upload this process wrote last, keyed by id, with the
+        # size it covers. Another process (or a restart) rebuilds it from the bytes.
+        self._hashers: dict[str, tuple[int, Hasher]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- lookups -----------------------------------------------------------------------
+
+    async def _load(self, session: AsyncSession, repository: str, upload_id: str) -> Upload:
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            raise BlobUploadUnknown(detail={"upload": upload_id[:64]}) from None
+        row = (
+            await session.execute(
+                select(Upload)
+                .join(Repository, Repository.id == Upload.repository_id)
+                .where(Upload.id == upload_id, Repository.name == repository)
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise BlobUploadUnknown(detail={"upload": upload_id})
+        return row
+
+    async def status(self, repository: RepositoryName, upload_id: str) -> UploadState:
+        async with self.db.read() as session:
+            row = await self._load(session, repository.value, upload_id)
+            return UploadState(row.id, repository.value, row.size)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, repository: RepositoryName) -> UploadState:
+        upload_id = str(uuid.uuid4())
+
+        async def work(session: AsyncSession) -> None:
+            repo_id = await ensure_repository(session, repository.value, repository.namespace)
+            session.add(Upload(id=upload_id, repository_id=repo_id, size=0))
+
+        await run_write(self.db, work)
+        return UploadState(upload_id, repository.value, 0)
+
+    async def append(
+        self,
+        repository: RepositoryName,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        *,
+        chunk: ChunkRange | None = None,
+        content_length: int | None = None,
+    ) -> UploadState:
+        # One writer at a time per upload in this process; the conditional UPDATE below
+        # catches a second writer in another process.
+        async with self._locks.setdefault(upload_id, asyncio.Lock()):
+            return await self._append_locked(
+                repository, upload_id, body, chunk=chunk, content_length=content_length
+            )
+
+    async def _append_locked(
+        self,
+        repository: RepositoryName,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        *,
+        chunk: ChunkRange | None,
+        content_length: int | None,
+    ) -> UploadState:
+        async with self.db.read() as session:
+            row = await self._load(session, repository.value, upload_id)
+            start = row.size
+        if chunk is not None:
+            if chunk.start != start:
+                raise RangeInvalid(
+                    f"chunk starts at {chunk.start}, upload is at {start}", size=start
+                )
+            if content_length is not None and content_length != chunk.length:
+                raise RangeInvalid("Content-Range and Content-Length disagree", size=start)
+        expected = chunk.length if chunk is not None else content_length
+        if expected is not None and start + expected > self.max_blob_bytes:
+            raise SizeInvalid(f"blob larger than {self.max_blob_bytes} bytes")
+
+        key = layout.upload_key(upload_id)
+        hasher = await self._hasher(upload_id, key, start)
+        self._hashers.pop(upload_id, None)  # invalid until this append is recorded
+        writer = await self.storage.writer(key, offset=start)
+        written = 0
+        try:
+            buffer = bytearray()
+            async for data in body:
+                written += len(data)
+                if start + written > self.max_blob_bytes:
+                    raise SizeInvalid(f"blob larger than {self.max_blob_bytes} bytes")
+                if expected is not None and written > expected:
+                    raise SizeInvalid("body longer than declared")
+                buffer += data
+                if len(buffer) >= WRITE_BUFFER:
+                    await self._write(writer, hasher, bytes(buffer))
+                    buffer.clear()
+            if buffer:
+                await self._write(writer, hasher, bytes(buffer))
+        finally:
+            await writer.close()
+        if expected is not None and written != expected:
+            if chunk is not None:
+                raise RangeInvalid("chunk shorter than its Content-Range", size=start)
+            raise SizeInvalid("body shorter than Content-Length")
+
+        new_size = start + written
+
+        async def work(session: AsyncSession) -> int:
+            result = await session.execute(
+                update(Upload)
+                .where(Upload.id == upload_id, Upload.size == start)
+                .values(size=new_size, updated_at=utcnow())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+        if await run_write(self.db, work) != 1:
+            raise BlobUploadInvalid("upload was changed concurrently; ask for its status")
+        self._hashers[upload_id] = (new_size, hasher)
+        return UploadState(upload_id, repository.value, new_size)
+
+    @staticmethod
+    async def _write(writer: UploadWriter, hasher: Hasher, data: bytes) -> None:
+        await asyncio.to_thread(hasher.update, data)
+        await writer.write(data)
+
+    async def _hasher(
+        self, upload_id: str, key: str, size: int, algorithm: str = "sha256"
+    ) -> Hasher:
+        cached = self._hashers.get(upload_id)
+        if algorithm == "sha256" and cached is not None and cached[0] == size:
+            return cached[1].copy()
+        hasher = new_hasher(algorithm)
+        if size:
+            async for data in self.storage.read(key, 0, size):
+                await asyncio.to_thread(hasher.update, data)
+        return hasher
+
+    async def finish(
+        self,
+        repository: RepositoryName,
+        upload_id: str,
+        digest: Digest,
+        body: AsyncIterator[bytes],
+        *,
+        chunk: ChunkRange | None = None,
+        content_length: int | None = None,
+    ) -> BlobInfo:
+        """Append the final bytes (if any), verify the digest, and publish the blob."""
+        if chunk is not None or content_length:
+            state = await self.append(
+                repository, upload_id, body, chunk=chunk, content_length=content_length
+            )
+        else:
+            async for data in body:  # a body without Content-Length (chunked encoding)
+                if data:
+                    state = await self.append(repository, upload_id, _prepend(data, body))
+                    break
+            else:
+                state = await self.status(repository, upload_id)
+        key = layout.upload_key(upload_id)
+        hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
+        if hasher.hexdigest() != digest.hex:
+            await self.cancel(repository, upload_id)
+            raise DigestInvalid(detail={"digest": str(digest)})
+        return await self._publish(repository, upload_id, key, digest, state.size)
+
+    async def _publish(
+        self, repository: RepositoryName, upload_id: str, key: str, digest: Digest, size: int
+    ) -> BlobInfo:
+        blob_key = layout.blob_key(digest)
+        try:
+            existing = await self.storage.stat(blob_key)
+        except ObjectNotFound:
+            existing = None
+        if existing is not None and existing.size == size:
+            await self.storage.delete(key)  # deduplicated: the same bytes are stored already
+        else:
+            await self.storage.commit(key, blob_key)
+
+        async def work(session: AsyncSession) -> None:
+            await insert_ignore(session, Blob, {"digest": str(digest), "size": size})
+            blob_id = (
+                await session.execute(select(Blob.id).where(Blob.digest == str(digest)))
+            ).scalar_one()
+            await link_blob(session, repository, blob_id)
+            await session.execute(delete(Upload).where(Upload.id == upload_id))
+
+        await run_write(self.db, work)
+        self._forget(upload_id)
+        return BlobInfo(digest, size)
+
+    def _forget(self, upload_id: str) -> None:
+        self._hashers.pop(upload_id, None)
+        self._locks.pop(upload_id, None)
+
+    async def cancel(self, repository: RepositoryName, upload_id: str) -> None:
+        async def work(session: AsyncSession) -> None:
+            row = await self._load(session, repository.value, upload_id)
+            await session.delete(row)
+
+        await run_write(self.db, work)
+        self._forget(upload_id)
+        await self.storage.delete(layout.upload_key(upload_id))
+
+    async def purge_stale(self, max_age: timedelta) -> int:
+        """Remove uploads untouched for `max_age`, and upload bytes no row refers to."""
+        cutoff = utcnow() - max_age
+
+        async def work(session: AsyncSession) -> list[str]:
+            ids = list(
+                (
+                    await session.execute(select(Upload.id).where(Upload.updated_at < cutoff))
+                ).scalars()
+            )
+            if ids:
+                await session.execute(delete(Upload).where(Upload.id.in_(ids)))
+            return ids
+
+        stale = await run_write(self.db, work)
+        for upload_id in stale:
+            self._forget(upload_id)
+            await self.storage.delete(layout.upload_key(upload_id))
+        async with self.db.read() as session:
+            live = set((await session.execute(select(Upload.id))).scalars())
+        orphans = 0
+        async for info in self.storage.walk(layout.UPLOADS):
+            name = info.key.rsplit("/", 1)[-1]
+            if name not in live and info.modified_at < cutoff:
+                await self.storage.delete(info.key)
+                orphans += 1
+        if stale or orphans:
+            log.info("purged %d stale uploads and %d orphaned upload files", len(stale), orphans)
+        return len(stale) + orphans
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for data in rest:
+        yield data

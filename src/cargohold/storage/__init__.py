@@ -1,0 +1,1 @@
+"""Blob bytes: a small driver interface, the key layout, and the drivers."""

@@ -1,0 +1,102 @@
+"""A small router for /v2: repository names contain slashes, so routes are regular
+expressions matched in order. Every route names the action it needs, and the router
+authorizes it before the handler runs: no handler can forget to."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from cargohold.auth.access import Action, Principal, authorize
+from cargohold.domain.errors import RegistryError
+from cargohold.domain.names import RepositoryName, parse_repository
+from cargohold.services.runtime import Runtime
+from cargohold.web.context import principal_of, runtime_of
+from cargohold.web.registry.errors import API_VERSION_HEADER, error_response, to_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    """What a handler gets: the request, its matched parts, and the wired services."""
+
+    request: Request
+    runtime: Runtime
+    principal: Principal
+    params: dict[str, str]
+    repository: RepositoryName | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def repo(self) -> RepositoryName:
+        assert self.repository is not None
+        return self.repository
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: frozenset[str]
+    pattern: re.Pattern[str]
+    action: Action | None  # None: no authorization needed (the API version check)
+    handler: Handler
+
+
+def route(methods: str, pattern: str, action: Action | None, handler: Handler) -> Route:
+    return Route(frozenset(methods.split(",")), re.compile(pattern), action, handler)
+
+
+class Router:
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        path_matched = False
+        for r in self.routes:
+            m = r.pattern.fullmatch(path)
+            if m is None:
+                continue
+            path_matched = True
+            if method in r.methods:
+                return r, m.groupdict(), True
+        return None, {}, path_matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = await self.dispatch(request)
+        await response(scope, receive, send)
+
+    async def dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        r, params, path_matched = self.match(request.method, path)
+        if r is None:
+            if path_matched:
+                return error_response(405, "UNSUPPORTED", "method not allowed")
+            return error_response(404, "NOT_FOUND", "no such endpoint")
+        try:
+            call = Call(request, runtime_of(request), await principal_of(request), params)
+            name = params.get("name")
+            if name is not None:
+                call.repository = parse_repository(name)
+            if r.action is not None:
+                authorize(call.principal, r.action, name)
+            response = await r.handler(call)
+        except RegistryError as exc:
+            return to_response(exc)
+        except ClientDisconnect:
+            # The client is gone; nothing it sent was recorded. This answer is never read.
+            return error_response(400, "BLOB_UPLOAD_INVALID", "client disconnected")
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, path)
+            return error_response(500, "UNKNOWN", "internal error; see the server log")
+        response.headers.update(API_VERSION_HEADER)
+        return response

@@ -1,0 +1,47 @@
+"""Shared fixtures: real cargohold servers over HTTP, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.postgres import temporary_database
+from tests.support.server import RegistryProcess
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """The embedded default: SQLite and a local folder."""
+    server = RegistryProcess(tmp_path_factory.mktemp("registry-sqlite")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    with temporary_database() as url:
+        server = RegistryProcess(tmp_path_factory.mktemp("registry-pg"), database_url=url).start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def any_registry(request: pytest.FixtureRequest) -> RegistryProcess:
+    """Runs a test once against each database backend."""
+    name = "registry" if request.param == "sqlite" else "registry_postgres"
+    server: RegistryProcess = request.getfixturevalue(name)
+    return server
+
+
+@pytest.fixture
+def client(any_registry: RegistryProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=any_registry.url, timeout=60.0) as c:
+        yield c
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path
