@@ -43,8 +43,12 @@ def push_blob(client: httpx.Client, repo: str, data: bytes) -> str:
     digest = sha256(data)
     r = client.post(f"/v2/{repo}/blobs/uploads/")
     assert r.status_code == 202, r.text
-    r = client.put(r.headers["Location"], params={"digest": digest}, content=data,
-                   headers={"Content-Type": "application/octet-stream"})
+    r = client.put(
+        r.headers["Location"],
+        params={"digest": digest},
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 201, r.text
     return digest
 
@@ -65,8 +69,12 @@ def make_image(
     *, layers: int = 1, media_type: str = OCI_MANIFEST, extra: dict[str, Any] | None = None
 ) -> Image:
     config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
-         "nonce": uuid.uuid4().hex}
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "nonce": uuid.uuid4().hex,
+        }
     ).encode()
     blobs = [os.urandom(256) for _ in range(layers)]
     docker = media_type == DOCKER_MANIFEST
@@ -84,8 +92,11 @@ def push_image(client: httpx.Client, repo: str, image: Image, reference: str) ->
     push_blob(client, repo, image.config)
     for layer in image.layers:
         push_blob(client, repo, layer)
-    r = client.put(f"/v2/{repo}/manifests/{reference}", content=image.manifest,
-                   headers={"Content-Type": image.media_type})
+    r = client.put(
+        f"/v2/{repo}/manifests/{reference}",
+        content=image.manifest,
+        headers={"Content-Type": image.media_type},
+    )
     assert r.status_code == 201, r.text
     return r
 
@@ -95,6 +106,9 @@ def make_index(children: list[Image], media_type: str = OCI_INDEX) -> bytes:
     manifests = []
     for i, child in enumerate(children):
         arch, os_ = platforms[i % len(platforms)]
-        manifests.append(descriptor(child.media_type, child.manifest,
-                                    platform={"architecture": arch, "os": os_}))
-    return json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}).encode()
+        manifests.append(
+            descriptor(child.media_type, child.manifest, platform={"architecture": arch, "os": os_})
+        )
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}
+    ).encode()

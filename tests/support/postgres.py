@@ -9,7 +9,9 @@ from contextlib import contextmanager
 
 import psycopg
 
-ADMIN_URL = os.environ.get("CARGOHOLD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "CARGOHOLD_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 @contextmanager
