@@ -341,43 +341,79 @@ def server_info(server: servers.Server, tree_start: str, tree_end: str) -> repor
     )
 
 
-def write_outputs(
-    args: argparse.Namespace,
-    out: Path,
-    doc: dict[str, Any],
-    info: report.RunInfo,
-    regbench: Path,
-    json_path: Path,
-) -> Path:
-    res = subprocess.run(
-        [sys.executable, str(regbench), "report", str(json_path), "--markdown"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    info.regbench_markdown = res.stdout if res.returncode == 0 else ""
+def write_outputs(out: Path, doc: dict[str, Any], info: report.RunInfo) -> Path:
+    """Write the Markdown report and its SVG chart; return the chart's path."""
     rows = report.rows_from_doc(doc, info.candidate, info.baseline)
     date = time.strftime("%Y-%m-%d", time.localtime(info.started))
     rounds = doc.get("options", {}).get("rounds")
     subtitle = f"{date}, {rounds} round(s), {info.env.cpu_model}, {info.env.logical_cpus} CPUs"
     if info.quick:
-        subtitle += " — QUICK SMOKE RUN, not a measurement"
+        subtitle += ": QUICK SMOKE RUN, not a measurement"
+    title = f"{info.candidate} / Distribution: advantage per metric"
     svg_path = out.with_name(info.svg_link)
-    svg_path.write_text(
-        report.render_svg(
-            rows, f"{info.candidate} / Distribution: advantage per metric", subtitle, info.candidate
-        )
-    )
+    svg_path.write_text(report.render_svg(rows, title, subtitle, info.candidate))
     out.write_text(report.render_markdown(doc, info))
     return svg_path
+
+
+@contextlib.contextmanager
+def registries(
+    args: argparse.Namespace, regbench: Path, workdir: Path
+) -> Iterator[tuple[servers.Server, servers.Server]]:
+    """Start the candidate and Distribution; stop both (process groups) on the way out."""
+    running: list[servers.Server] = []
+    try:
+        cand_dir = workdir / (STANDIN if args.standin else CANDIDATE)
+        if args.standin:
+            cand = servers.start_distribution(
+                regbench, cand_dir, name=STANDIN, timeout=args.start_timeout
+            )
+        else:
+            cand = servers.start_cargohold(
+                args.cargohold,
+                cand_dir,
+                workdir / f"{CANDIDATE}.log",
+                name=CANDIDATE,
+                extra_env=dict(item.split("=", 1) for item in args.server_env),
+                timeout=args.start_timeout,
+            )
+        running.append(cand)
+        base = servers.start_distribution(
+            regbench, workdir / BASELINE, name=BASELINE, timeout=args.start_timeout
+        )
+        running.append(base)
+        yield cand, base
+    finally:
+        with signals_ignored():
+            for s in reversed(running):
+                log(f"stopping {s.name} (process group {s.pid})")
+                try:
+                    s.stop()
+                except servers.ServerError as exc:
+                    log(f"warning: {exc}")
+
+
+def remove_data(workdir: Path, keep_logs: bool) -> None:
+    """Delete the registries' data; with keep_logs, leave their log files in place."""
+    if not keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for path in sorted(workdir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only empty directories: those that held no log
+        elif path.suffix != ".log":
+            path.unlink(missing_ok=True)
+    log(f"server logs kept in {workdir}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)
+    invocation = [sys.executable, "bench/compare.py", *(sys.argv[1:] if argv is None else argv)]
     try:
-        return run(args, list(sys.argv if argv is None else ["bench/compare.py", *argv]))
+        return run(args, invocation)
     except (SetupError, servers.ServerError) as exc:
         log(f"error: {exc}")
         return 2
@@ -401,67 +437,40 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="cargohold-bench-", dir=args.tmpdir))
     env = sysinfo.collect(workdir)
-    cand_name = STANDIN if args.standin else CANDIDATE
-    running: list[servers.Server] = []
-    trees: dict[str, str] = {}
     problems: list[str] = []
-    failed_logs = False
+    failed = True
     try:
-        if args.standin:
-            cand = servers.start_distribution(
-                regbench, workdir / cand_name, name=cand_name, timeout=args.start_timeout
-            )
-        else:
-            server_env = dict(item.split("=", 1) for item in args.server_env)
-            cand = servers.start_cargohold(
-                args.cargohold,
-                workdir / cand_name,
-                workdir / f"{cand_name}.log",
-                name=cand_name,
-                extra_env=server_env,
-                timeout=args.start_timeout,
-            )
-        running.append(cand)
-        base = servers.start_distribution(
-            regbench, workdir / BASELINE, name=BASELINE, timeout=args.start_timeout
-        )
-        running.append(base)
-        for s in running:
-            trees[s.name] = describe_tree(s)
-            log(f"{s.name}: {s.url}, PID {s.pid} ({trees[s.name]}), data {s.data_dir}")
-
-        cmd = [sys.executable, str(regbench), "compare",
-               "--a", f"{cand.name}={cand.url}", "--a-pid", str(cand.pid),
-               "--b", f"{base.name}={base.url}", "--b-pid", str(base.pid),
-               "--rounds", str(args.rounds), "--order", args.order,
-               "--workloads", ",".join(workloads), "--json", str(json_path),
-               *(QUICK_ARGS if args.quick else []), *extra]  # fmt: skip
-        json_path.unlink(missing_ok=True)
-        result = run_regbench(cmd, log_path)
-        for s in running:
-            if not s.alive():
-                problems.append(f"**{s.name}** exited during the run (exit code {s.exit_code})")
-        infos = [server_info(s, trees[s.name], describe_tree(s)) for s in running]
-        env.load_end = os.getloadavg()
-        failed_logs = bool(problems) or result.returncode != 0
-        if failed_logs:
-            for s in running:
-                log(f"last lines of {s.name}'s log ({s.log_path}):\n{s.log_tail()}")
+        with registries(args, regbench, workdir) as (cand, base):
+            trees = {s.name: describe_tree(s) for s in (cand, base)}
+            for s in (cand, base):
+                log(f"{s.name}: {s.url}, PID {s.pid} ({trees[s.name]}), data {s.data_dir}")
+            cmd = [sys.executable, str(regbench), "compare",
+                   "--a", f"{cand.name}={cand.url}", "--a-pid", str(cand.pid),
+                   "--b", f"{base.name}={base.url}", "--b-pid", str(base.pid),
+                   "--rounds", str(args.rounds), "--order", args.order,
+                   "--workloads", ",".join(workloads), "--json", str(json_path),
+                   *(QUICK_ARGS if args.quick else []), *extra]  # fmt: skip
+            json_path.unlink(missing_ok=True)
+            result = run_regbench(cmd, log_path)
+            env.load_end = os.getloadavg()
+            problems = [
+                f"**{s.name}** exited during the run (exit code {s.exit_code})"
+                for s in (cand, base)
+                if not s.alive()
+            ]
+            infos = [server_info(s, trees[s.name], describe_tree(s)) for s in (cand, base)]
+            failed = bool(problems) or result.returncode != 0
+            if failed:
+                for s in (cand, base):
+                    log(f"last lines of {s.name}'s log ({s.log_path}):\n{s.log_tail()}")
     finally:
-        with signals_ignored():
-            for s in reversed(running):
-                log(f"stopping {s.name} (process group {s.pid})")
-                try:
-                    s.stop()
-                except servers.ServerError as exc:
-                    log(f"warning: {exc}")
-            if args.keep_data or failed_logs:
-                log(f"data directories and server logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep_data:
+            log(f"data directories and server logs kept in {workdir}")
+        else:
+            remove_data(workdir, keep_logs=failed)
 
     if result.returncode not in (0, 1) or not json_path.is_file():
-        log(f"regbench failed (exit code {result.returncode}); see {log_path}")
+        log(f"regbench failed (exit code {result.returncode}); its log: {shorten(str(log_path))}")
         return 2
     print(result.text_report)
     doc = json.loads(json_path.read_text())
@@ -475,17 +484,14 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
         env=env,
         servers=infos,
         commands=[
-            (
-                "this run (`make bench` runs it without options)",
-                display_command([sys.executable, *invocation]),
-            ),
+            ("this run (`make bench` runs it without options)", display_command(invocation)),
             (f"started by it, {cand.name}", display_command(cand.argv, cand.env)),
             (
-                f"started by it, {base.name} (Debian docker-registry, config of shared/bench/BASELINE.md)",
+                f"started by it, {base.name} (docker-registry, as in shared/bench/BASELINE.md)",
                 display_command(base.argv),
             ),
             ("the measurement", display_command(result.argv)),
-            ("and at the end, for each server", "kill -TERM -- -PGID   # then -KILL after 10 s"),
+            ("at the end, for each server", "kill -TERM -- -PGID   # and -KILL after 10 s"),
         ],
         svg_link=f"{out.stem}-ratios.svg",
         json_link=os.path.relpath(json_path, out.parent),
@@ -493,14 +499,11 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
         log_link=os.path.relpath(log_path, out.parent),
         problems=problems,
     )
-    info.env.versions = sysinfo.tool_versions(
-        REPO, None if args.standin else args.cargohold.parent / "python", regbench
-    )
-    svg_path = write_outputs(args, out, doc, info, regbench, json_path)
-    log(
-        f"wrote {shorten(str(out))}, {shorten(str(svg_path))}, {shorten(str(json_path))}, "
-        f"{shorten(str(log_path))} in {time.time() - started:.0f}s"
-    )
+    venv_python = None if args.standin else args.cargohold.parent / "python"
+    env.versions = sysinfo.tool_versions(REPO, venv_python, regbench, shorten(str(regbench)))
+    svg_path = write_outputs(out, doc, info)
+    written = ", ".join(shorten(str(p)) for p in (out, svg_path, json_path, log_path))
+    log(f"wrote {written} in {time.time() - started:.0f}s")
     return 0 if result.returncode == 0 and not problems else 1
 
 

@@ -39,7 +39,7 @@ def _run(argv: list[str], cwd: Path | None = None, any_exit_code: bool = False) 
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = "unknown", set()
+    model, flags = "unknown", set[str]()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
             key, _, value = line.partition(":")
@@ -98,21 +98,27 @@ def git_revision(repo: Path) -> str:
     return head + (" + uncommitted changes" if dirty else "")
 
 
-def tool_versions(repo: Path, venv_python: Path | None, regbench: Path) -> dict[str, str]:
+def tool_versions(
+    repo: Path, venv_python: Path | None, regbench: Path, regbench_name: str
+) -> dict[str, str]:
+    """Versions of the servers, tools and code; venv_python=None skips cargohold."""
     versions: dict[str, str] = {}
     reg = _run(["docker-registry", "--version"])
     versions["docker-registry"] = reg or "unknown"
     wrk = _run(["wrk", "-v"], any_exit_code=True)  # prints version and usage, exits 1
     versions["wrk"] = wrk.splitlines()[0].split(" Copyright")[0] if wrk else "unknown"
-    versions["regbench"] = f"{regbench} (sha256 {file_sha256(regbench)[:12]})"
+    versions["regbench"] = f"{regbench_name} (sha256 {file_sha256(regbench)[:12]})"
     if venv_python is not None:
-        code = "import importlib.metadata as m, platform; print(m.version('cargohold'), platform.python_version())"
+        code = (
+            "import importlib.metadata as m, platform; "
+            "print(m.version('cargohold'), platform.python_version())"
+        )
         out = _run([str(venv_python), "-c", code])
-        if out:
-            version, py = out.split()[:2]
-            versions["cargohold"] = f"{version} (Python {py}), git {git_revision(repo)}"
-        else:
-            versions["cargohold"] = f"unknown version, git {git_revision(repo)}"
+        parts = out.split() if out else []
+        versions["cargohold"] = (
+            f"{parts[0]} (Python {parts[1]})" if len(parts) >= 2 else "unknown version"
+        )
+    versions["repository"] = f"git {git_revision(repo)}"
     return versions
 
 
