@@ -55,7 +55,7 @@ class RegistrySettings(_Strict):
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_blob_bytes: int = Field(64 * 1024**3, ge=1)
     max_page_size: int = Field(1000, ge=1, le=100_000)
-    upload_max_age_seconds: int = Field(24 * 3600, ge=60)
+    upload_max_age_seconds: int = Field(24 * 3600, ge=1)
     upload_purge_interval_seconds: int = Field(3600, ge=1)
 
 
