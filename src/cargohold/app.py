@@ -6,11 +6,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cargohold import __version__
 from cargohold.db.session import Database
@@ -52,31 +54,32 @@ async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-def make_asgi(settings: Settings) -> Starlette:
+def make_asgi(settings: Settings) -> ASGIApp:
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         runtime = build_runtime(settings)
-        app.state.runtime = runtime
         scheduler = _scheduler(runtime)
         scheduler.start()
         try:
-            yield
+            yield {"runtime": runtime}  # copied into every request's scope["state"]
         finally:
             await scheduler.stop()
             await runtime.close()
 
-    return Starlette(
-        routes=[
-            Route("/", _home),
-            Route("/healthz", _health),
-            # The /v2 router matches on the full path itself (names contain slashes).
-            Route("/v2{rest:path}", endpoint=router),
-        ],
-        lifespan=lifespan,
-    )
+    web = Starlette(routes=[Route("/", _home), Route("/healthz", _health)], lifespan=lifespan)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        # /v2 goes straight to the registry router, which matches full paths itself
+        # (repository names contain slashes); everything else, lifespan included, to Starlette.
+        if scope["type"] == "http" and scope["path"].startswith("/v2"):
+            await router(scope, receive, send)
+        else:
+            await web(scope, receive, send)
+
+    return app
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> ASGIApp:
     """Factory for the server's worker processes: settings from the file named in the
     environment (if any) plus CARGOHOLD_* variables."""
     return make_asgi(load_settings(os.environ.get(CONFIG_ENV) or None))

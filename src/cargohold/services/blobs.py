@@ -14,6 +14,7 @@ from cargohold.db.session import Database, run_write
 from cargohold.domain.digests import Digest
 from cargohold.domain.errors import BlobUnknown, Referenced
 from cargohold.domain.names import RepositoryName
+from cargohold.services.cache import MetadataCache
 from cargohold.storage import layout
 
 
@@ -48,12 +49,17 @@ async def link_blob(session: AsyncSession, repository: RepositoryName, blob_id: 
 
 
 class BlobService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: MetadataCache) -> None:
         self.db = db
+        self.cache = cache
 
     async def stat(self, repository: RepositoryName, digest: Digest) -> BlobInfo:
-        async with self.db.read() as session:
-            _, size = await linked_blob(session, repository.value, digest)
+        size = self.cache.blob_size(repository.value, str(digest))
+        if size is None:
+            snapshot = self.cache.snapshot()
+            async with self.db.read() as session:
+                _, size = await linked_blob(session, repository.value, digest)
+            self.cache.remember_blob(snapshot, repository.value, str(digest), size)
         return BlobInfo(digest, size)
 
     async def delete(self, repository: RepositoryName, digest: Digest) -> None:
@@ -83,6 +89,7 @@ class BlobService:
             )
 
         await run_write(self.db, work)
+        self.cache.invalidate()
 
     async def mount(
         self,

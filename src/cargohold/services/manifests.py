@@ -36,18 +36,8 @@ from cargohold.domain.errors import (
 )
 from cargohold.domain.manifests import Descriptor, ParsedManifest, parse_manifest
 from cargohold.domain.names import RepositoryName, is_tag, parse_tag
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestRecord:
-    digest: str
-    media_type: str
-    payload: bytes
-    subject: str | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.payload)
+from cargohold.services.cache import MetadataCache
+from cargohold.services.records import ManifestRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +58,21 @@ def parse_reference(text: str) -> Reference:
 
 
 class ManifestService:
-    def __init__(self, db: Database, *, max_manifest_bytes: int) -> None:
+    def __init__(self, db: Database, cache: MetadataCache, *, max_manifest_bytes: int) -> None:
         self.db = db
+        self.cache = cache
         self.max_manifest_bytes = max_manifest_bytes
 
     # -- pull ----------------------------------------------------------------------------
 
     async def get(self, repository: RepositoryName, reference: Reference) -> ManifestRecord:
+        if reference.tag is not None:
+            cached = self.cache.tag(repository.value, reference.tag)
+        else:
+            cached = self.cache.manifest(repository.value, str(reference.digest))
+        if cached is not None:
+            return cached
+        snapshot = self.cache.snapshot()
         query = select(
             Manifest.digest, Manifest.media_type, Manifest.payload, Manifest.subject_digest
         ).join(Repository, Repository.id == Manifest.repository_id)
@@ -92,7 +90,9 @@ class ManifestService:
                 if await repository_id(session, repository.value) is None:
                     raise NameUnknown(detail={"name": repository.value})
                 raise ManifestUnknown(detail={"reference": reference.tag or str(reference.digest)})
-        return ManifestRecord(row[0], row[1], row[2], row[3])
+        record = ManifestRecord(row[0], row[1], row[2], row[3])
+        self.cache.remember_manifest(snapshot, repository.value, record, reference.tag)
+        return record
 
     # -- push ----------------------------------------------------------------------------
 
@@ -119,13 +119,15 @@ class ManifestService:
             str(parsed.subject.digest) if parsed.subject else None,
         )
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: AsyncSession) -> bool:
             repo_id = await ensure_repository(session, repository.value, repository.namespace)
             manifest_id = await self._store(session, repo_id, record, parsed)
             if reference.tag is not None:
-                await _point_tag(session, repo_id, reference.tag, manifest_id)
+                return await _point_tag(session, repo_id, reference.tag, manifest_id)
+            return False
 
-        await run_write(self.db, work)
+        if await run_write(self.db, work):
+            self.cache.invalidate()  # a tag moved away from what caches may hold
         return record
 
     async def _store(
@@ -201,9 +203,11 @@ class ManifestService:
             await session.execute(delete(Manifest).where(Manifest.id == manifest_id))
 
         await run_write(self.db, work)
+        self.cache.invalidate()
 
 
-async def _point_tag(session: AsyncSession, repo_id: int, tag: str, manifest_id: int) -> None:
+async def _point_tag(session: AsyncSession, repo_id: int, tag: str, manifest_id: int) -> bool:
+    """Point `tag` at the manifest; True when the tag moved away from another manifest."""
     current = (
         await session.execute(
             select(Tag.id, Tag.manifest_id).where(
@@ -213,11 +217,12 @@ async def _point_tag(session: AsyncSession, repo_id: int, tag: str, manifest_id:
     ).first()
     if current is not None:
         if current[1] == manifest_id:
-            return
+            return False
         now = utcnow()
         await session.execute(update(Tag).where(Tag.id == current[0]).values(ended_at=now))
     session.add(Tag(repository_id=repo_id, name=tag, manifest_id=manifest_id))
     await session.flush()
+    return current is not None
 
 
 async def _check_blobs(session: AsyncSession, repo_id: int, parsed: ParsedManifest) -> list[int]:

@@ -138,7 +138,9 @@ class UploadService:
                     f"chunk starts at {chunk.start}, upload is at {start}", size=start
                 )
             if content_length is not None and content_length != chunk.length:
-                raise RangeInvalid("Content-Range and Content-Length disagree", size=start)
+                # In order, but the body is not the range it claims: a size error (400),
+                # not a position error (416) that would send the client to resume in a loop.
+                raise SizeInvalid("Content-Length does not match the Content-Range")
         expected = chunk.length if chunk is not None else content_length
         if expected is not None and start + expected > self.max_blob_bytes:
             raise SizeInvalid(f"blob larger than {self.max_blob_bytes} bytes")
@@ -240,6 +242,10 @@ class UploadService:
             existing = None
         if existing is not None and existing.size == size:
             await self.storage.delete(key)  # deduplicated: the same bytes are stored already
+        elif size == 0:
+            # No byte was ever written, so there may be no upload object to move.
+            await self.storage.put_bytes(blob_key, b"")
+            await self.storage.delete(key)
         else:
             await self.storage.commit(key, blob_key)
 

@@ -9,7 +9,7 @@ from cargohold.services.runtime import Runtime
 
 
 def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime = request.state.runtime  # from the lifespan state (see app.make_asgi)
     return runtime
 
 

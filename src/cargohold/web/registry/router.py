@@ -70,6 +70,11 @@ class Router:
                 return r, m.groupdict(), True
         return None, {}, path_matched
 
+    def allowed_methods(self, path: str) -> str:
+        """The methods some route serves at `path`, for the Allow header of a 405."""
+        methods = {m for r in self.routes if r.pattern.fullmatch(path) for m in r.methods}
+        return ", ".join(sorted(methods))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         response = await self.dispatch(request)
@@ -80,7 +85,8 @@ class Router:
         r, params, path_matched = self.match(request.method, path)
         if r is None:
             if path_matched:
-                return error_response(405, "UNSUPPORTED", "method not allowed")
+                allow = {"Allow": self.allowed_methods(path)}
+                return error_response(405, "UNSUPPORTED", "method not allowed", headers=allow)
             return error_response(404, "NOT_FOUND", "no such endpoint")
         try:
             call = Call(request, runtime_of(request), await principal_of(request), params)

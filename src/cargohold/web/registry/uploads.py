@@ -7,7 +7,7 @@ from starlette.responses import Response
 from cargohold.auth.access import Action, may
 from cargohold.domain.digests import parse_digest
 from cargohold.domain.errors import DigestInvalid, NameInvalid
-from cargohold.domain.names import parse_repository
+from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.blobs import BlobInfo
 from cargohold.services.uploads import UploadState
 from cargohold.web.registry.params import chunk_range, content_length
@@ -41,15 +41,17 @@ async def start_upload(call: Call) -> Response:
     if mount is not None:
         digest = parse_digest(mount)
         source_name = query.get("from")
+        source: RepositoryName | None = None
+        usable = True
         try:
             source = parse_repository(source_name) if source_name else None
         except NameInvalid:
-            source = None  # an unusable `from` just means no mount: upload instead
+            usable = False  # an unusable `from` just means no mount: upload instead
 
         def readable(name: str) -> bool:
             return may(call.principal, Action.PULL, name)
 
-        blob = await runtime.blobs.mount(call.repo, digest, source, readable)
+        blob = await runtime.blobs.mount(call.repo, digest, source, readable) if usable else None
         if blob is not None:
             return _created(call, blob)
     digest_text = query.get("digest")

@@ -1,0 +1,129 @@
+"""In-memory metadata caches for the hot read paths (manifest GET, blob HEAD).
+
+Only positive answers are cached, so creating something never makes an entry stale.
+What can go stale (a tag moved, a manifest, tag or blob link deleted) bumps a
+generation counter; every cache that sees a new generation empties itself. The counter
+is per process (`LocalGeneration`) or shared by the worker processes of one host
+through a memory-mapped file (`SharedFileGeneration`)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Protocol
+
+from cargohold.services.records import ManifestRecord
+
+
+class Generation(Protocol):
+    def current(self) -> int: ...
+    def bump(self) -> None: ...
+
+
+class LocalGeneration:
+    def __init__(self) -> None:
+        self._value = 0
+
+    def current(self) -> int:
+        return self._value
+
+    def bump(self) -> None:
+        self._value += 1
+
+
+class SharedFileGeneration:
+    """An 8-byte counter in a shared mapping: reading it costs no system call."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def current(self) -> int:
+        value: int = struct.unpack_from("<Q", self._map, 0)[0]
+        return value
+
+    def bump(self) -> None:
+        # Not atomic across processes, but any change of value is what readers look for:
+        # two racing bumps still move the counter away from what every cache saw.
+        struct.pack_into("<Q", self._map, 0, (self.current() + 1) % (1 << 64))
+
+
+class MetadataCache:
+    def __init__(self, generation: Generation, *, max_bytes: int = 64 << 20) -> None:
+        self.generation = generation
+        self.max_bytes = max_bytes
+        self._seen = generation.current()
+        self._bytes = 0
+        self._manifests: dict[tuple[str, str], ManifestRecord] = {}
+        self._tags: dict[tuple[str, str], str] = {}
+        self._blobs: dict[tuple[str, str], int] = {}
+
+    def _fresh(self) -> None:
+        now = self.generation.current()
+        if now != self._seen:
+            self._clear()
+            self._seen = now
+
+    def _clear(self) -> None:
+        self._manifests.clear()
+        self._tags.clear()
+        self._blobs.clear()
+        self._bytes = 0
+
+    def snapshot(self) -> int:
+        """Take before reading the database; pass to remember_* so that an answer read
+        before a concurrent invalidation is not cached after it."""
+        return self.generation.current()
+
+    def invalidate(self) -> None:
+        """Something cached may be stale now: empty this cache and every other one."""
+        self.generation.bump()
+        self._clear()
+        self._seen = self.generation.current()
+
+    # -- manifests and tags --------------------------------------------------------------
+
+    def manifest(self, repository: str, digest: str) -> ManifestRecord | None:
+        self._fresh()
+        return self._manifests.get((repository, digest))
+
+    def tag(self, repository: str, tag: str) -> ManifestRecord | None:
+        self._fresh()
+        digest = self._tags.get((repository, tag))
+        return None if digest is None else self._manifests.get((repository, digest))
+
+    def remember_manifest(
+        self, snapshot: int, repository: str, record: ManifestRecord, tag: str | None = None
+    ) -> None:
+        self._fresh()
+        if snapshot != self._seen:
+            return
+        if self._bytes + record.size > self.max_bytes:
+            self._clear()
+        if (repository, record.digest) not in self._manifests:
+            self._bytes += record.size
+        self._manifests[(repository, record.digest)] = record
+        if tag is not None:
+            self._tags[(repository, tag)] = record.digest
+
+    # -- blob links ----------------------------------------------------------------------
+
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        self._fresh()
+        return self._blobs.get((repository, digest))
+
+    def remember_blob(self, snapshot: int, repository: str, digest: str, size: int) -> None:
+        self._fresh()
+        if snapshot != self._seen:
+            return
+        if len(self._blobs) > 1_000_000:
+            self._blobs.clear()
+        self._blobs[(repository, digest)] = size
