@@ -6,28 +6,27 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cargohold.db.base import Base
 from cargohold.db.models import Namespace, Repository
+from cargohold.db.session import DbSession
 
 
-async def insert_ignore(session: AsyncSession, model: type[Base], values: dict[str, Any]) -> None:
+async def insert_ignore(session: DbSession, model: type[Base], values: dict[str, Any]) -> None:
     """INSERT that does nothing when a unique constraint says the row is already there."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    if dialect == "postgresql":
+    if session.dialect == "postgresql":
         await session.execute(postgresql.insert(model).values(**values).on_conflict_do_nothing())
     else:
         await session.execute(sqlite.insert(model).values(**values).on_conflict_do_nothing())
 
 
-async def repository_id(session: AsyncSession, name: str) -> int | None:
+async def repository_id(session: DbSession, name: str) -> int | None:
     return (
         await session.execute(select(Repository.id).where(Repository.name == name))
     ).scalar_one_or_none()
 
 
-async def ensure_repository(session: AsyncSession, name: str, namespace: str) -> int:
+async def ensure_repository(session: DbSession, name: str, namespace: str) -> int:
     """The id of repository `name`, creating it (and its namespace) on first use."""
     existing = await repository_id(session, name)
     if existing is not None:

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cargohold.db.models import Blob, Manifest, ManifestBlob, Repository, RepositoryBlob
 from cargohold.db.queries import ensure_repository, insert_ignore
-from cargohold.db.session import Database, run_write
+from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest
 from cargohold.domain.errors import BlobUnknown, Referenced
 from cargohold.domain.names import RepositoryName
@@ -28,7 +27,7 @@ class BlobInfo:
         return layout.blob_key(self.digest)
 
 
-async def linked_blob(session: AsyncSession, repository: str, digest: Digest) -> tuple[int, int]:
+async def linked_blob(session: DbSession, repository: str, digest: Digest) -> tuple[int, int]:
     """(blob id, size) of a blob linked into `repository`; raises BlobUnknown."""
     row = (
         await session.execute(
@@ -43,7 +42,7 @@ async def linked_blob(session: AsyncSession, repository: str, digest: Digest) ->
     return row[0], row[1]
 
 
-async def link_blob(session: AsyncSession, repository: RepositoryName, blob_id: int) -> None:
+async def link_blob(session: DbSession, repository: RepositoryName, blob_id: int) -> None:
     repo_id = await ensure_repository(session, repository.value, repository.namespace)
     await insert_ignore(session, RepositoryBlob, {"repository_id": repo_id, "blob_id": blob_id})
 
@@ -65,7 +64,7 @@ class BlobService:
     async def delete(self, repository: RepositoryName, digest: Digest) -> None:
         """Unlink a blob from a repository. Its bytes go when nothing refers to them (GC)."""
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: DbSession) -> None:
             blob_id, _ = await linked_blob(session, repository.value, digest)
             repo_id = (
                 await session.execute(
@@ -120,7 +119,7 @@ class BlobService:
             return None
         blob_id, size = candidate[0], candidate[1]
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: DbSession) -> None:
             await link_blob(session, repository, blob_id)
 
         await run_write(self.db, work)

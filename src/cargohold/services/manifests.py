@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from cargohold.db.base import utcnow
@@ -23,7 +22,7 @@ from cargohold.db.models import (
     Tag,
 )
 from cargohold.db.queries import ensure_repository, insert_ignore, repository_id
-from cargohold.db.session import Database, run_write
+from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest, digest_of, parse_digest
 from cargohold.domain.errors import (
     DigestInvalid,
@@ -119,7 +118,7 @@ class ManifestService:
             str(parsed.subject.digest) if parsed.subject else None,
         )
 
-        async def work(session: AsyncSession) -> bool:
+        async def work(session: DbSession) -> bool:
             repo_id = await ensure_repository(session, repository.value, repository.namespace)
             manifest_id = await self._store(session, repo_id, record, parsed)
             if reference.tag is not None:
@@ -131,7 +130,7 @@ class ManifestService:
         return record
 
     async def _store(
-        self, session: AsyncSession, repo_id: int, record: ManifestRecord, parsed: ParsedManifest
+        self, session: DbSession, repo_id: int, record: ManifestRecord, parsed: ParsedManifest
     ) -> int:
         existing = (
             await session.execute(
@@ -170,7 +169,7 @@ class ManifestService:
     async def delete(self, repository: RepositoryName, reference: Reference) -> None:
         """Delete a tag, or a manifest with every tag pointing at it."""
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: DbSession) -> None:
             repo_id = await repository_id(session, repository.value)
             if repo_id is None:
                 raise NameUnknown(detail={"name": repository.value})
@@ -206,7 +205,7 @@ class ManifestService:
         self.cache.invalidate()
 
 
-async def _point_tag(session: AsyncSession, repo_id: int, tag: str, manifest_id: int) -> bool:
+async def _point_tag(session: DbSession, repo_id: int, tag: str, manifest_id: int) -> bool:
     """Point `tag` at the manifest; True when the tag moved away from another manifest."""
     current = (
         await session.execute(
@@ -225,7 +224,7 @@ async def _point_tag(session: AsyncSession, repo_id: int, tag: str, manifest_id:
     return current is not None
 
 
-async def _check_blobs(session: AsyncSession, repo_id: int, parsed: ParsedManifest) -> list[int]:
+async def _check_blobs(session: DbSession, repo_id: int, parsed: ParsedManifest) -> list[int]:
     wanted = parsed.required_blobs()
     if not wanted:
         return []
@@ -255,7 +254,7 @@ async def _check_blobs(session: AsyncSession, repo_id: int, parsed: ParsedManife
 
 
 async def _check_children(
-    session: AsyncSession, repo_id: int, children: tuple[Descriptor, ...]
+    session: DbSession, repo_id: int, children: tuple[Descriptor, ...]
 ) -> list[int]:
     if not children:
         return []

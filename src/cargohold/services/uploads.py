@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cargohold.db.base import utcnow
 from cargohold.db.models import Blob, Repository, Upload
 from cargohold.db.queries import ensure_repository, insert_ignore
-from cargohold.db.session import Database, run_write
+from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest, Hasher, new_hasher
 from cargohold.domain.errors import (
     BlobUploadInvalid,
@@ -71,7 +70,7 @@ class UploadService:
 
     # -- lookups -----------------------------------------------------------------------
 
-    async def _load(self, session: AsyncSession, repository: str, upload_id: str) -> Upload:
+    async def _load(self, session: DbSession, repository: str, upload_id: str) -> Upload:
         try:
             uuid.UUID(upload_id)
         except ValueError:
@@ -97,7 +96,7 @@ class UploadService:
     async def start(self, repository: RepositoryName) -> UploadState:
         upload_id = str(uuid.uuid4())
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: DbSession) -> None:
             repo_id = await ensure_repository(session, repository.value, repository.namespace)
             session.add(Upload(id=upload_id, repository_id=repo_id, size=0))
 
@@ -173,7 +172,7 @@ class UploadService:
 
         new_size = start + written
 
-        async def work(session: AsyncSession) -> int:
+        async def work(session: DbSession) -> int:
             result = await session.execute(
                 update(Upload)
                 .where(Upload.id == upload_id, Upload.size == start)
@@ -249,7 +248,7 @@ class UploadService:
         else:
             await self.storage.commit(key, blob_key)
 
-        async def work(session: AsyncSession) -> None:
+        async def work(session: DbSession) -> None:
             await insert_ignore(session, Blob, {"digest": str(digest), "size": size})
             blob_id = (
                 await session.execute(select(Blob.id).where(Blob.digest == str(digest)))
@@ -266,7 +265,7 @@ class UploadService:
         self._locks.pop(upload_id, None)
 
     async def cancel(self, repository: RepositoryName, upload_id: str) -> None:
-        async def work(session: AsyncSession) -> None:
+        async def work(session: DbSession) -> None:
             row = await self._load(session, repository.value, upload_id)
             await session.delete(row)
 
@@ -278,7 +277,7 @@ class UploadService:
         """Remove uploads untouched for `max_age`, and upload bytes no row refers to."""
         cutoff = utcnow() - max_age
 
-        async def work(session: AsyncSession) -> list[str]:
+        async def work(session: DbSession) -> list[str]:
             ids = list(
                 (
                     await session.execute(select(Upload.id).where(Upload.updated_at < cutoff))
