@@ -41,7 +41,7 @@ bench: $(STAMP) system-deps ## benchmark against CNCF Distribution; writes docs/
 	$(BIN)/python bench/compare.py
 
 bench-quick: $(STAMP) system-deps ## a short benchmark run that checks the harness works
-	$(BIN)/python bench/compare.py --quick --out /tmp/cargohold-bench-quick.md
+	$(BIN)/python bench/compare.py --quick
 
 clean: ## remove the virtual environment and local data
 	rm -rf $(VENV) var

@@ -15,7 +15,7 @@ regbench is the shared yardstick; it is looked up in $REGBENCH, else in
 
 Examples (from the repository root):
   .venv/bin/python bench/compare.py                   # full run (make bench), ~6-10 min
-  .venv/bin/python bench/compare.py --quick           # CI smoke run, ~1 min, bench/.out/quick/
+  .venv/bin/python bench/compare.py --quick           # CI smoke run, < 1 min, bench/.out/quick/
   .venv/bin/python bench/compare.py --workloads manifest_get,blob_head --rounds 5
   .venv/bin/python bench/compare.py --quick --standin  # harness self-test without cargohold
 
@@ -275,6 +275,7 @@ def preflight(args: argparse.Namespace, regbench: Path, extra: Sequence[str]) ->
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    log(f"got signal {signal.Signals(signum).name}: stopping")
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
 
 
@@ -393,6 +394,20 @@ def registries(
                     log(f"warning: {exc}")
 
 
+def suspects(
+    running: Sequence[servers.Server], json_path: Path, returncode: int
+) -> list[servers.Server]:
+    """The servers whose logs may explain a failure: those that died or failed a workload
+    (all of them when regbench itself failed)."""
+    failed_targets: set[str] = set()
+    if returncode == 1 and json_path.is_file():
+        doc = json.loads(json_path.read_text())
+        failed_targets = {t for _, t, _ in report.errors_from_doc(doc)}
+    return [
+        s for s in running if not s.alive() or s.name in failed_targets or returncode not in (0, 1)
+    ]
+
+
 def remove_data(workdir: Path, keep_logs: bool) -> None:
     """Delete the registries' data; with keep_logs, leave their log files in place."""
     if not keep_logs:
@@ -432,7 +447,6 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
         log("warning: fewer than 3 rounds; medians will not cancel much noise")
     out = output_path(args)
     results_dir = out.parent / "bench-results"
-    results_dir.mkdir(parents=True, exist_ok=True)
     json_path, log_path = results_dir / f"{out.stem}.json", results_dir / f"{out.stem}.log"
 
     workdir = Path(tempfile.mkdtemp(prefix="cargohold-bench-", dir=args.tmpdir))
@@ -450,6 +464,7 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
                    "--rounds", str(args.rounds), "--order", args.order,
                    "--workloads", ",".join(workloads), "--json", str(json_path),
                    *(QUICK_ARGS if args.quick else []), *extra]  # fmt: skip
+            results_dir.mkdir(parents=True, exist_ok=True)
             json_path.unlink(missing_ok=True)
             result = run_regbench(cmd, log_path)
             env.load_end = os.getloadavg()
@@ -460,9 +475,8 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
             ]
             infos = [server_info(s, trees[s.name], describe_tree(s)) for s in (cand, base)]
             failed = bool(problems) or result.returncode != 0
-            if failed:
-                for s in (cand, base):
-                    log(f"last lines of {s.name}'s log ({s.log_path}):\n{s.log_tail()}")
+            for s in suspects((cand, base), json_path, result.returncode):
+                log(f"last lines of {s.name}'s log ({s.log_path}):\n{s.log_tail()}")
     finally:
         if args.keep_data:
             log(f"data directories and server logs kept in {workdir}")

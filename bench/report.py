@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -223,7 +224,7 @@ def render_markdown(doc: dict[str, Any], info: RunInfo) -> str:
     rows = rows_from_doc(doc, info.candidate, info.baseline)
     sections = [
         _intro(doc, info, rows),
-        _results(rows, info),
+        _results(rows, doc, info),
         _resources(doc, info),
         _errors(doc, info),
         _notes(doc),
@@ -246,8 +247,8 @@ def _intro(doc: dict[str, Any], info: RunInfo, rows: Sequence[Row]) -> str:
     ]
     if info.quick:
         out.append(
-            "> **Quick smoke run** (`--quick`: small sizes, short loads, 1 round). It checks that "
-            "the harness and both registries work; its numbers say nothing about performance."
+            "> **Quick smoke run** (`--quick`: small blobs, few requests, short loads). It checks "
+            "that the harness and both registries work; its numbers say nothing about performance."
         )
     if info.standin:
         out.append(
@@ -282,15 +283,16 @@ def _intro(doc: dict[str, Any], info: RunInfo, rows: Sequence[Row]) -> str:
     return "\n\n".join(out)
 
 
-def _round_range(rr: Sequence[float]) -> str:
+def _round_ratios(r: Row) -> str:
+    """Median of the per-round ratios and their range: '1.15 (1.08..1.61)'."""
+    rr = r.round_ratios
     if not rr:
         return "-"
-    if len(rr) == 1:
-        return f"{rr[0]:.2f}"
-    return f"{min(rr):.2f}..{max(rr):.2f}"
+    paired = r.paired if r.paired is not None else statistics.median(rr)
+    return f"{paired:.2f}" if len(rr) == 1 else f"{paired:.2f} ({min(rr):.2f}..{max(rr):.2f})"
 
 
-def _results(rows: Sequence[Row], info: RunInfo) -> str:
+def _results(rows: Sequence[Row], doc: dict[str, Any], info: RunInfo) -> str:
     cand = info.candidate
     head = [
         "workload",
@@ -300,7 +302,7 @@ def _results(rows: Sequence[Row], info: RunInfo) -> str:
         f"{cand}: median (min..max)",
         "Distribution: median (min..max)",
         "ratio",
-        "per-round ratios",
+        "per-round ratios: median (min..max)",
         "advantage",
     ]
     table = []
@@ -315,18 +317,43 @@ def _results(rows: Sequence[Row], info: RunInfo) -> str:
                 fmt_stat(r.cand),
                 fmt_stat(r.base),
                 f"**{fmt_ratio(r.ratio)}**",
-                _round_range(r.round_ratios),
+                _round_ratios(r),
                 verdict(r),
             ]
         )
         prev = r.workload
     legend = (
         f"min..max: over the rounds. Per-round ratios: each round's {cand} value over the "
-        "Distribution value of the same round (measured back to back); their median is "
-        "`paired_median_ratio` in the JSON. What each workload does and checks: the table in "
-        "shared/bench/BASELINE.md; each metric's `label` in the JSON gives its sizes."
+        "Distribution value of the same round, measured back to back; their median is less "
+        "sensitive to drift over the run than the ratio of the medians. What each workload "
+        "does and checks: the table in shared/bench/BASELINE.md; each metric's `label` in the "
+        "JSON gives its sizes."
     )
-    return "## Results\n\n" + md_table(head, table, {4, 5, 6, 7}) + "\n\n" + legend
+    caveats = "".join(f"\n\n{c}" for c in _page_caveats(doc, info))
+    return "## Results\n\n" + md_table(head, table, {4, 5, 6, 7}) + "\n\n" + legend + caveats
+
+
+def _last_info(res: dict[str, Any]) -> dict[str, Any]:
+    samples = res.get("samples") or []
+    info = samples[-1].get("info") if samples else None
+    return info if isinstance(info, dict) else {}
+
+
+def _page_caveats(doc: dict[str, Any], info: RunInfo) -> list[str]:
+    """Warn where the two registries paginated differently (Distribution 2.8 ignores `n`
+    on tags/list), which makes a paginated walk compare N requests with one."""
+    out = []
+    for wname, w in doc["workloads"].items():
+        cand = _last_info(w["targets"].get(info.candidate, {}))
+        base = _last_info(w["targets"].get(info.baseline, {}))
+        if "pages" in cand and "pages" in base and cand["pages"] != base["pages"]:
+            out.append(
+                f"**Caveat, `{wname}`**: {info.candidate} answered the paginated walk in "
+                f"{cand['pages']} page(s), Distribution in {base['pages']}"
+                + (f" ({base['note']})" if base.get("note") else "")
+                + ", so that metric compares different numbers of requests."
+            )
+    return out
 
 
 def _resources(doc: dict[str, Any], info: RunInfo) -> str:
@@ -400,8 +427,7 @@ def _notes(doc: dict[str, Any]) -> str:
     for wname, w in doc["workloads"].items():
         facts = []
         for tname, res in w["targets"].items():
-            samples = res.get("samples") or []
-            info = samples[-1].get("info") if samples else None
+            info = _last_info(res)
             if info:
                 facts.append(f"{tname}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         if facts:
@@ -457,7 +483,7 @@ def _raw_data(info: RunInfo) -> str:
 # --------------------------------------------------------------------------------------
 
 _GOOD, _BAD, _SAME = "#2e7d32", "#c62828", "#757575"
-_WIDTH, _LABEL_W, _VALUE_W, _ROW_H, _TOP = 860, 270, 150, 24, 78
+_WIDTH, _LABEL_W, _VALUE_W, _ROW_H, _TOP = 900, 270, 180, 24, 78
 
 
 def _tick_label(exp: int) -> str:

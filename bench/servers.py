@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -178,15 +177,14 @@ class Server:
     def tree(self) -> list[tuple[int, str]]:
         return [(p, process_name(p)) for p in process_tree(self.pid)]
 
-    def command(self, shorten: Callable[[str], str] = str) -> str:
-        """The command line as one shell line (env assignments first), paths shortened."""
-        env = [f"{k}={shlex.quote(shorten(v))}" for k, v in self.env.items()]
-        return " ".join([*env, shlex.join(shorten(a) for a in self.argv)])
-
-    def log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 20, width: int = 300) -> str:
+        """The last lines of the server's log, each cut to `width` characters."""
         try:
             with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
+                tail = f.read().splitlines()[-lines:]
+            return "\n".join(
+                line if len(line) <= width else line[:width] + " [...]" for line in tail
+            )
         except OSError:
             return ""
 
@@ -335,7 +333,10 @@ def start_distribution(
             raise ServerError(
                 f"regbench.py distribution failed (rc={res.returncode}):\n{res.stderr}"
             )
-        pid = int(res.stdout.split()[-1])
+        words = res.stdout.split()
+        if not words or not words[-1].isdigit():
+            raise ServerError(f"regbench.py distribution printed no PID: {res.stdout!r}")
+        pid = int(words[-1])
         server = Server(name, "distribution", port, pid, data_dir, log_path, argv)
         try:
             if os.getpgid(pid) != pid:
