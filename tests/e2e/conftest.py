@@ -1,17 +1,18 @@
 """Session fixtures for the end-to-end suite with real registry clients.
 
-Everything started here (a Docker engine, podman/buildah storage, the temporary
-reference registry) lives in its own temporary directory, talks only to 127.0.0.1,
+The registry under test is the session fixture ``registry`` from tests/conftest.py
+(``.url``, ``.host``). Everything started here (a Docker engine with its containerd,
+podman/buildah storage) lives in its own temporary directory, talks only to 127.0.0.1,
 and is stopped by PID and unmounted/removed at the end of the session.
 
 Fixtures:
 
-* ``registry_http``      raw HTTP access to the registry under test (``helpers.RegistryHTTP``)
-* ``oci_layout``         an OCI image layout built locally with umoci from busybox-static:
-                         tags ``busybox`` (amd64), ``busybox-arm64`` and ``multi`` (OCI index amd64+arm64)
-* ``base_image``         that busybox image pushed to the registry with skopeo (``e2e/busybox:1.35``)
-* ``dockerd``            a private Docker engine (apt docker.io) with ``insecure-registries``
-* ``containers_env``     env + private storage/config for podman and buildah
+* ``registry_http``   raw HTTP access to the registry under test (``helpers.RegistryHTTP``)
+* ``oci_layout``      an OCI image layout built locally with umoci from busybox-static; tags
+                      ``busybox`` (amd64), ``busybox-arm64``, ``multi`` (OCI index amd64+arm64)
+* ``base_image``      that busybox image pushed with skopeo (``e2e/busybox:1.35``)
+* ``dockerd``         a private Docker engine (apt docker.io) with ``insecure-registries``
+* ``containers_env``  env + private storage/config for podman and buildah
 """
 
 from __future__ import annotations
@@ -19,22 +20,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-import requests
 
 from .helpers import (
     HELLO_TEXT,
-    HostLeftovers,
     OCI_INDEX,
+    HostLeftovers,
     RegistryHTTP,
-    free_port,
+    RegistryLike,
     kill_pid,
+    pids_with_cmdline_containing,
     require_tool,
     run,
     sha256_digest,
@@ -43,60 +46,10 @@ from .helpers import (
     wait_until,
 )
 
-# ---------------------------------------------------------------------------------------
-# TEMPORARY: reference registry (Debian `docker-registry`, CNCF Distribution 2.8).
-# This override only exists until tests/conftest.py provides the real `registry`
-# fixture (cargohold itself). Delete this whole block (down to "END TEMPORARY") then.
-# Distribution 2.8 has no referrers API, so the referrers checks fail against it.
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class _DistributionRegistry:
-    url: str
-    host: str
-    log_path: Path
-
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_DistributionRegistry]:
-    binary = require_tool("docker-registry")
-    root = tmp_path_factory.mktemp("distribution")
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: info}\n"
-        "storage:\n"
-        f"  filesystem: {{rootdirectory: {root / 'data'}}}\n"
-        "  delete: {enabled: true}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
-    )
-    log_path = root / "registry.log"
-    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def ready() -> bool:
-            assert proc.poll() is None, f"docker-registry exited:\n{log_path.read_text()}"
-            return requests.get(f"{url}/v2/", timeout=2).status_code == 200
-
-        wait_until(ready, timeout=30, what="docker-registry to answer /v2/")
-        yield _DistributionRegistry(url=url, host=f"127.0.0.1:{port}", log_path=log_path)
-    finally:
-        stop_process(proc)
-
-
-# ----------------------------------- END TEMPORARY -----------------------------------
-
-
-@pytest.fixture(scope="session")
-def registry_http(registry: object) -> RegistryHTTP:
-    return RegistryHTTP(registry.url)  # type: ignore[attr-defined]
+def registry_http(registry: RegistryLike) -> RegistryHTTP:
+    return RegistryHTTP(registry.url)
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,13 +63,14 @@ class OciLayout:
 
     path: Path
 
-    def index(self) -> dict:
-        return json.loads((self.path / "index.json").read_text())
+    def index(self) -> dict[str, Any]:
+        index: dict[str, Any] = json.loads((self.path / "index.json").read_text())
+        return index
 
-    def descriptor(self, tag: str) -> dict:
+    def descriptor(self, tag: str) -> dict[str, Any]:
         for desc in self.index()["manifests"]:
             if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-                return desc
+                return dict(desc)
         raise KeyError(f"tag {tag!r} not in {self.path}/index.json")
 
     def blob(self, digest: str) -> bytes:
@@ -125,8 +79,9 @@ class OciLayout:
         assert sha256_digest(data) == digest, f"corrupt blob {digest} in {self.path}"
         return data
 
-    def json_blob(self, digest: str) -> dict:
-        return json.loads(self.blob(digest))
+    def json_blob(self, digest: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.blob(digest))
+        return data
 
     def ref(self, tag: str) -> str:
         return f"oci:{self.path}:{tag}"
@@ -134,12 +89,10 @@ class OciLayout:
 
 def _is_static_elf(path: Path) -> bool:
     """True for an ELF64 little-endian executable without a PT_INTERP (dynamic loader)."""
-    import struct
-
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return False
-    phoff, = struct.unpack_from("<Q", data, 0x20)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     return all(
         struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3  # PT_INTERP
@@ -176,9 +129,24 @@ def oci_layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
     run([umoci, "unpack", "--image", f"{layout}:empty", str(work / "bundle")])
     _busybox_rootfs(work / "bundle" / "rootfs")
     run([umoci, "repack", "--image", f"{layout}:busybox", str(work / "bundle")])
-    run([umoci, "config", "--image", f"{layout}:busybox", "--config.cmd", "/bin/sh",
-         "--config.env", "PATH=/bin", "--config.label", "org.example.e2e=cargohold",
-         "--os", "linux", "--architecture", "amd64"])
+    run(
+        [
+            umoci,
+            "config",
+            "--image",
+            f"{layout}:busybox",
+            "--config.cmd",
+            "/bin/sh",
+            "--config.env",
+            "PATH=/bin",
+            "--config.label",
+            "org.example.e2e=cargohold",
+            "--os",
+            "linux",
+            "--architecture",
+            "amd64",
+        ]
+    )
     # arm64 variant: same base layer plus one more (the busybox binary stays amd64;
     # registries do not care, only the platform metadata matters here).
     run([umoci, "unpack", "--image", f"{layout}:busybox", str(work / "bundle-arm64")])
@@ -192,19 +160,35 @@ def oci_layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
         desc = oci.descriptor(tag)
         config = oci.json_blob(oci.json_blob(desc["digest"])["config"]["digest"])
         assert config["architecture"] == arch
-        children.append({"mediaType": desc["mediaType"], "digest": desc["digest"], "size": desc["size"],
-                         "platform": {"architecture": arch, "os": "linux"}})
+        children.append(
+            {
+                "mediaType": desc["mediaType"],
+                "digest": desc["digest"],
+                "size": desc["size"],
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        )
     index_bytes = json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children,
-         "annotations": {"org.example.e2e": "multi-arch"}},
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": children,
+            "annotations": {"org.example.e2e": "multi-arch"},
+        },
         separators=(",", ":"),
     ).encode()
     digest = sha256_digest(index_bytes)
     blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
     blob.write_bytes(index_bytes)
     top = oci.index()
-    top["manifests"].append({"mediaType": OCI_INDEX, "digest": digest, "size": len(index_bytes),
-                             "annotations": {"org.opencontainers.image.ref.name": "multi"}})
+    top["manifests"].append(
+        {
+            "mediaType": OCI_INDEX,
+            "digest": digest,
+            "size": len(index_bytes),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }
+    )
     (layout / "index.json").write_text(json.dumps(top))
     for d in (work / "bundle", work / "bundle-arm64"):
         shutil.rmtree(d)
@@ -220,14 +204,28 @@ class BaseImage:
 
 
 @pytest.fixture(scope="session")
-def base_image(registry: object, registry_http: RegistryHTTP, oci_layout: OciLayout,
-               tmp_path_factory: pytest.TempPathFactory) -> BaseImage:
+def base_image(
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    oci_layout: OciLayout,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BaseImage:
     """The busybox image pushed with skopeo; FROM image for docker/podman/buildah."""
-    host = registry.host  # type: ignore[attr-defined]
+    host = registry.host
     name, tag = "e2e/busybox", "1.35"
     digestfile = tmp_path_factory.mktemp("base-image") / "digest"
-    run([require_tool("skopeo"), "copy", "--quiet", "--dest-tls-verify=false",
-         "--digestfile", str(digestfile), oci_layout.ref("busybox"), f"docker://{host}/{name}:{tag}"])
+    run(
+        [
+            require_tool("skopeo"),
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--digestfile",
+            str(digestfile),
+            oci_layout.ref("busybox"),
+            f"docker://{host}/{name}:{tag}",
+        ]
+    )
     digest = digestfile.read_text().strip()
     assert digest == oci_layout.descriptor("busybox")["digest"]
     assert registry_http.manifest_digest(name, tag) == digest
@@ -244,29 +242,70 @@ class Dockerd:
     root: Path
     env: dict[str, str]
     log_path: Path
+    containerd_sock: Path
 
-    def docker(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def docker(
+        self, *args: str, timeout: float = 180, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return run([require_tool("docker"), *args], env=self.env, timeout=timeout, check=check)
+
+    def ctr(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """containerd's own client against the private containerd, namespace ``e2e``."""
+        cmd = [require_tool("ctr"), "--address", str(self.containerd_sock), "--namespace", "e2e"]
+        return run([*cmd, *args], env=self.env, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
-def dockerd(registry: object) -> Iterator[Dockerd]:
+def dockerd(registry: RegistryLike) -> Iterator[Dockerd]:
+    """dockerd + its own containerd, both rooted in a private tmp dir.
+
+    containerd is started explicitly: dockerd 20.10 would otherwise attach to a system
+    containerd whenever /run/containerd/containerd.sock exists (e.g. on a CI machine
+    where apt started the containerd service), and keep state outside our tmp dir."""
     dockerd_bin = require_tool("dockerd")
+    containerd_bin = require_tool("containerd")
+    require_tool("ctr")
     require_tool("docker")
-    require_tool("containerd")
     require_tool("runc")
     # short path: unix sockets live below it (108-byte limit)
     root = Path(tempfile.mkdtemp(prefix="ch-dockerd-", dir="/tmp"))
+    leftovers = HostLeftovers(
+        files=["/etc/docker/key.json"],
+        dirs=[
+            "/etc/docker",
+            "/run/docker/plugins",
+            "/run/docker",
+            "/run/containerd/s",
+            "/run/containerd",
+            "/run/mount",
+        ],
+    )
+    containerd_sock = root / "containerd.sock"
+    (root / "containerd.toml").write_text(
+        "version = 2\n"
+        f'root = "{root / "containerd-root"}"\n'
+        f'state = "{root / "containerd-state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        "[grpc]\n"
+        f'  address = "{containerd_sock}"\n'
+        "[ttrpc]\n"
+        f'  address = "{containerd_sock}.ttrpc"\n'
+        "[debug]\n"
+        '  address = ""\n'
+        "[metrics]\n"
+        '  address = ""\n'
+    )
     config = {
         "data-root": str(root / "data"),
         "exec-root": str(root / "exec"),
         "pidfile": str(root / "dockerd.pid"),
         "hosts": [f"unix://{root}/docker.sock"],
+        "containerd": str(containerd_sock),
         "iptables": False,
         "ip6tables": False,
         "bridge": "none",
         "storage-driver": "overlay2",
-        "insecure-registries": [registry.host],  # type: ignore[attr-defined]
+        "insecure-registries": [registry.host],
         "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 20000, "Soft": 20000}},
         "exec-opts": ["native.cgroupdriver=cgroupfs"],
         "features": {"buildkit": False},
@@ -282,40 +321,69 @@ def dockerd(registry: object) -> Iterator[Dockerd]:
         DOCKER_CLI_HINTS="false",
     )
     log_path = root / "dockerd.log"
-    leftovers = HostLeftovers(
-        files=["/etc/docker/key.json"],
-        dirs=["/etc/docker", "/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd",
-              "/run/mount"],
-    )
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [dockerd_bin, "--config-file", str(root / "daemon.json")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
-        )
-    daemon = Dockerd(root=root, env=env, log_path=log_path)
-    containerd_pidfile = root / "exec" / "containerd" / "containerd.pid"
-    containerd_pid: int | None = None
+    containerd_log = root / "containerd.log"
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        with containerd_log.open("wb") as log:
+            containerd = subprocess.Popen(
+                [containerd_bin, "--config", str(root / "containerd.toml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        procs.append(containerd)
+
+        def containerd_ready() -> bool:
+            assert containerd.poll() is None, f"containerd exited:\n{containerd_log.read_text()}"
+            return containerd_sock.is_socket()
+
+        wait_until(containerd_ready, timeout=30, what="containerd socket")
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [dockerd_bin, "--config-file", str(root / "daemon.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        procs.insert(0, proc)  # stopped first
+        daemon = Dockerd(root=root, env=env, log_path=log_path, containerd_sock=containerd_sock)
+
         def ready() -> bool:
-            assert proc.poll() is None, f"dockerd exited ({proc.returncode}):\n{log_path.read_text()}"
-            r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                               env=env, capture_output=True, text=True, timeout=10)
+            assert proc.poll() is None, (
+                f"dockerd exited ({proc.returncode}):\n{log_path.read_text()}"
+            )
+            r = subprocess.run(
+                ["docker", "version", "--format", "{{.Server.Version}}"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             return r.returncode == 0
 
         wait_until(ready, timeout=60, interval=0.3, what="dockerd to answer")
-        if containerd_pidfile.exists():
-            containerd_pid = int(containerd_pidfile.read_text().strip())
         info = json.loads(daemon.docker("info", "--format", "{{json .RegistryConfig}}").stdout)
-        assert registry.host in json.dumps(info), f"insecure registry not configured: {info}"  # type: ignore[attr-defined]
+        assert registry.host in json.dumps(info), f"insecure registry not configured: {info}"
         yield daemon
     finally:
         # remove containers first so no shim outlives the daemon
-        subprocess.run("docker ps -aq | xargs -r docker rm -f", shell=True, env=env,
-                       capture_output=True, timeout=60, check=False)
-        stop_process(proc, timeout=30)
-        if containerd_pid is not None:
-            kill_pid(containerd_pid)
+        subprocess.run(
+            "docker ps -aq | xargs -r docker rm -f",
+            shell=True,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        for p in procs:
+            stop_process(p, timeout=30)
+        # containerd-shim processes started by *our* containerd carry our socket path
+        for pid in pids_with_cmdline_containing(str(containerd_sock)):
+            kill_pid(pid)
         unmount_and_remove(root)
         leftovers.cleanup()
 
@@ -338,7 +406,7 @@ class ContainersEnv:
 
 
 @pytest.fixture(scope="session")
-def containers_env(registry: object) -> Iterator[ContainersEnv]:
+def containers_env(registry: RegistryLike) -> Iterator[ContainersEnv]:
     for tool in ("podman", "buildah", "runc", "conmon"):
         require_tool(tool)
     root = Path(tempfile.mkdtemp(prefix="ch-containers-", dir="/tmp"))
@@ -347,17 +415,14 @@ def containers_env(registry: object) -> Iterator[ContainersEnv]:
     for d in ("graph", "run", "tmp", "libpod-tmp", "home"):
         (root / d).mkdir()
     (conf / "registries.conf").write_text(
-        'unqualified-search-registries = []\n'
+        "unqualified-search-registries = []\n"
         "[[registry]]\n"
-        f'location = "{registry.host}"\n'  # type: ignore[attr-defined]
+        f'location = "{registry.host}"\n'
         "insecure = true\n"
     )
     (conf / "auth.json").write_text('{"auths": {}}\n')  # anonymous registry; must exist
     (conf / "storage.conf").write_text(
-        "[storage]\n"
-        'driver = "vfs"\n'
-        f'runroot = "{root / "run"}"\n'
-        f'graphroot = "{root / "graph"}"\n'
+        f'[storage]\ndriver = "vfs"\nrunroot = "{root / "run"}"\ngraphroot = "{root / "graph"}"\n'
     )
     (conf / "containers.conf").write_text(
         "[containers]\n"
@@ -371,7 +436,11 @@ def containers_env(registry: object) -> Iterator[ContainersEnv]:
         f'tmp_dir = "{root / "libpod-tmp"}"\n'
         f'volume_path = "{root / "volumes"}"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAINERS_", "REGISTRY_AUTH", "BUILDAH_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CONTAINERS_", "REGISTRY_AUTH", "BUILDAH_"))
+    }
     env.update(
         CONTAINERS_REGISTRIES_CONF=str(conf / "registries.conf"),
         CONTAINERS_STORAGE_CONF=str(conf / "storage.conf"),
@@ -382,14 +451,20 @@ def containers_env(registry: object) -> Iterator[ContainersEnv]:
         XDG_CONFIG_HOME=str(root / "home" / ".config"),
     )
     cenv = ContainersEnv(root=root, env=env)
-    leftovers = HostLeftovers(dirs=["/run/runc", "/run/containers/0", "/run/containers", "/run/libpod", "/run/mount"])
+    leftovers = HostLeftovers(
+        dirs=["/run/runc", "/run/containers/0", "/run/containers", "/run/libpod", "/run/mount"]
+    )
     try:
         info = json.loads(cenv.podman("info", "--format", "json").stdout)
         assert info["store"]["graphRoot"] == str(root / "graph"), info["store"]
         assert info["store"]["graphDriverName"] == "vfs"
         yield cenv
     finally:
-        subprocess.run(["podman", "rm", "-af"], env=env, capture_output=True, timeout=60, check=False)
-        subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            ["podman", "rm", "-af"], env=env, capture_output=True, timeout=60, check=False
+        )
+        subprocess.run(
+            ["buildah", "rm", "--all"], env=env, capture_output=True, timeout=60, check=False
+        )
         unmount_and_remove(root)
         leftovers.cleanup()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import requests
@@ -32,6 +32,13 @@ ALL_MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 
 #: Text baked into the busybox base image (``/hello.txt``); tests read it back.
 HELLO_TEXT = "hello from the cargohold e2e suite\n"
+
+
+class RegistryLike(Protocol):
+    """What the tests need from the `registry` fixture."""
+
+    url: str  # http://127.0.0.1:PORT
+    host: str  # 127.0.0.1:PORT
 
 
 def sha256_digest(data: bytes) -> str:
@@ -116,7 +123,9 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.2, what: s
         except Exception as exc:
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
+    )
 
 
 def stop_process(proc: subprocess.Popen[Any], *, timeout: float = 20) -> None:
@@ -148,6 +157,21 @@ def kill_pid(pid: int, *, timeout: float = 10) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def pids_with_cmdline_containing(needle: str) -> list[int]:
+    """PIDs whose command line mentions ``needle`` (a unique tmp path of ours)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmdline:
+            pids.append(int(entry.name))
+    return pids
 
 
 def mounts_under(root: Path) -> list[str]:
@@ -229,9 +253,13 @@ class RegistryHTTP:
             f"headers: {dict(resp.headers)}\nbody: {resp.text[:2000]!r}"
         )
 
-    def head_manifest(self, name: str, ref: str, accept: Iterable[str] = ALL_MANIFEST_TYPES) -> requests.Response:
+    def head_manifest(
+        self, name: str, ref: str, accept: Iterable[str] = ALL_MANIFEST_TYPES
+    ) -> requests.Response:
         return self.session.head(
-            f"{self.url}/v2/{name}/manifests/{ref}", headers={"Accept": ", ".join(accept)}, timeout=30
+            f"{self.url}/v2/{name}/manifests/{ref}",
+            headers={"Accept": ", ".join(accept)},
+            timeout=30,
         )
 
     def manifest_digest(self, name: str, ref: str) -> str:
@@ -242,12 +270,20 @@ class RegistryHTTP:
         assert digest, f"HEAD manifest without Docker-Content-Digest:\n{self._describe(resp)}"
         return digest
 
-    def get_manifest(self, name: str, ref: str, accept: Iterable[str] = ALL_MANIFEST_TYPES) -> Manifest:
+    def get_manifest(
+        self, name: str, ref: str, accept: Iterable[str] = ALL_MANIFEST_TYPES
+    ) -> Manifest:
         resp = self.session.get(
-            f"{self.url}/v2/{name}/manifests/{ref}", headers={"Accept": ", ".join(accept)}, timeout=30
+            f"{self.url}/v2/{name}/manifests/{ref}",
+            headers={"Accept": ", ".join(accept)},
+            timeout=30,
         )
         assert resp.status_code == 200, self._describe(resp)
-        m = Manifest(resp.content, resp.headers.get("Content-Type", ""), resp.headers.get("Docker-Content-Digest"))
+        m = Manifest(
+            resp.content,
+            resp.headers.get("Content-Type", ""),
+            resp.headers.get("Docker-Content-Digest"),
+        )
         if m.digest_header is not None:
             assert m.digest_header == m.digest, (
                 f"Docker-Content-Digest {m.digest_header} does not match the body ({m.digest})"
@@ -268,9 +304,13 @@ class RegistryHTTP:
         assert resp.status_code == 200, self._describe(resp)
         return list(resp.json().get("tags") or [])
 
-    def referrers(self, name: str, digest: str, artifact_type: str | None = None) -> requests.Response:
+    def referrers(
+        self, name: str, digest: str, artifact_type: str | None = None
+    ) -> requests.Response:
         params = {"artifactType": artifact_type} if artifact_type else None
-        return self.session.get(f"{self.url}/v2/{name}/referrers/{digest}", params=params, timeout=30)
+        return self.session.get(
+            f"{self.url}/v2/{name}/referrers/{digest}", params=params, timeout=30
+        )
 
     def describe(self, resp: requests.Response) -> str:
         return self._describe(resp)

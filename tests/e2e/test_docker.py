@@ -1,5 +1,6 @@
 """The Docker engine (Debian docker.io, legacy builder, no BuildKit) against the registry:
-pull, push, `docker build` with a RUN step, and pulling the result back."""
+pull, push, `docker build` with a RUN step, and pulling the result back; plus containerd's
+`ctr` pulling and pushing a multi-arch index."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BaseImage, Dockerd
-from .helpers import DOCKER_MANIFEST, HELLO_TEXT, RegistryHTTP, manifest_blobs
+from .conftest import BaseImage, Dockerd, OciLayout
+from .helpers import (
+    DOCKER_MANIFEST,
+    HELLO_TEXT,
+    RegistryHTTP,
+    RegistryLike,
+    manifest_blobs,
+    require_tool,
+    run,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +44,14 @@ def image_id(dockerd: Dockerd, ref: str) -> str:
 
 
 def repo_digests(dockerd: Dockerd, ref: str) -> list[str]:
-    return json.loads(dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout)
+    out = dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout
+    return list(json.loads(out))
 
 
-def test_pull_and_push(dockerd: Dockerd, registry: object, registry_http: RegistryHTTP,
-                       base_image: BaseImage) -> None:
-    host = registry.host  # type: ignore[attr-defined]
+def test_pull_and_push(
+    dockerd: Dockerd, registry: RegistryLike, registry_http: RegistryHTTP, base_image: BaseImage
+) -> None:
+    host = registry.host
     # pull the OCI image that skopeo pushed
     out = dockerd.docker("pull", base_image.ref).stdout
     assert pulled_digest(out) == base_image.digest
@@ -60,10 +71,14 @@ def test_pull_and_push(dockerd: Dockerd, registry: object, registry_http: Regist
     assert served.content_type == DOCKER_MANIFEST
     manifest = served.json()
     assert manifest["config"]["digest"] == base_id
-    assert registry_http.get_blob("e2e/docker-push", base_id) == registry_http.get_blob(base_image.name, base_id)
+    assert registry_http.get_blob("e2e/docker-push", base_id) == registry_http.get_blob(
+        base_image.name, base_id
+    )
     # the layer blobs were reused (mounted or re-uploaded): identical digests and bytes
     base_layers = registry_http.get_manifest(base_image.name, base_image.digest).json()["layers"]
-    assert [layer["digest"] for layer in manifest["layers"]] == [layer["digest"] for layer in base_layers]
+    assert [layer["digest"] for layer in manifest["layers"]] == [
+        layer["digest"] for layer in base_layers
+    ]
 
     # forget everything locally, pull back by tag and by digest
     dockerd.docker("rmi", "-f", target, base_image.ref)
@@ -77,9 +92,14 @@ def test_pull_and_push(dockerd: Dockerd, registry: object, registry_http: Regist
     dockerd.docker("rmi", "-f", target, by_digest)
 
 
-def test_build_with_run_step_push_and_pull(dockerd: Dockerd, registry: object, registry_http: RegistryHTTP,
-                                           base_image: BaseImage, tmp_path: Path) -> None:
-    host = registry.host  # type: ignore[attr-defined]
+def test_build_with_run_step_push_and_pull(
+    dockerd: Dockerd,
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    base_image: BaseImage,
+    tmp_path: Path,
+) -> None:
+    host = registry.host
     context = tmp_path / "context"
     context.mkdir()
     (context / "greeting.txt").write_text("copied into the image\n")
@@ -120,6 +140,46 @@ def test_build_with_run_step_push_and_pull(dockerd: Dockerd, registry: object, r
     assert f"{host}/e2e/docker-built@{digest}" in repo_digests(dockerd, target)
     run = dockerd.docker("run", "--rm", "--network", "none", target)
     assert run.stdout == "built-by-docker\n"
-    run = dockerd.docker("run", "--rm", "--network", "none", target, "sha256sum", "-c", "/greeting.sha256")
+    run = dockerd.docker(
+        "run", "--rm", "--network", "none", target, "sha256sum", "-c", "/greeting.sha256"
+    )
     assert "/greeting.txt: OK" in run.stdout
     dockerd.docker("rmi", "-f", target)
+
+
+def test_containerd_ctr_multiarch_pull_and_push(
+    dockerd: Dockerd, registry: RegistryLike, registry_http: RegistryHTTP, oci_layout: OciLayout
+) -> None:
+    """containerd's resolver (the engine under dockerd, also used by Kubernetes): pull an
+    OCI index with all platforms and push it to another repository, digests unchanged."""
+    host = registry.host
+    index_digest = oci_layout.descriptor("multi")["digest"]
+    run(
+        [
+            require_tool("skopeo"),
+            "copy",
+            "--all",
+            "--quiet",
+            "--dest-tls-verify=false",
+            oci_layout.ref("multi"),
+            f"docker://{host}/e2e/ctr-source:v1",
+        ]
+    )
+    source, target = f"{host}/e2e/ctr-source:v1", f"{host}/e2e/ctr-pushed:v1"
+    dockerd.ctr("images", "pull", "--plain-http", "--all-platforms", source)
+    listed = dockerd.ctr("images", "ls").stdout
+    assert index_digest in listed, listed
+    dockerd.ctr("images", "tag", source, target)
+    dockerd.ctr("images", "push", "--plain-http", target)
+
+    served = registry_http.get_manifest("e2e/ctr-pushed", "v1")
+    assert served.digest == index_digest
+    assert served.body == oci_layout.blob(index_digest)
+    for child in served.json()["manifests"]:
+        manifest = registry_http.get_manifest("e2e/ctr-pushed", child["digest"])
+        assert manifest.body == oci_layout.blob(child["digest"])
+        for desc in manifest_blobs(manifest.json()):
+            assert registry_http.get_blob("e2e/ctr-pushed", desc["digest"]) == oci_layout.blob(
+                desc["digest"]
+            )
+    dockerd.ctr("images", "rm", "--sync", source, target)

@@ -14,6 +14,7 @@ from .helpers import (
     OCI_INDEX,
     OCI_MANIFEST,
     RegistryHTTP,
+    RegistryLike,
     manifest_blobs,
     read_digestfile,
 )
@@ -29,12 +30,19 @@ def image_digest(cenv: ContainersEnv, ref: str) -> str:
 
 
 def repo_digests(cenv: ContainersEnv, ref: str) -> list[str]:
-    return list(json.loads(cenv.podman("image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout))
+    return list(
+        json.loads(cenv.podman("image", "inspect", "--format", "{{json .RepoDigests}}", ref).stdout)
+    )
 
 
-def test_podman_pull_push_pull(containers_env: ContainersEnv, registry: object, registry_http: RegistryHTTP,
-                               base_image: BaseImage, tmp_path: Path) -> None:
-    host = registry.host  # type: ignore[attr-defined]
+def test_podman_pull_push_pull(
+    containers_env: ContainersEnv,
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    base_image: BaseImage,
+    tmp_path: Path,
+) -> None:
+    host = registry.host
     cenv = containers_env
     cenv.podman("pull", "--quiet", base_image.ref)
     assert image_digest(cenv, base_image.ref) == base_image.digest
@@ -60,11 +68,22 @@ def test_podman_pull_push_pull(containers_env: ContainersEnv, registry: object, 
 
     # push in Docker v2s2 format as well: a different manifest, same layers
     v2 = f"{host}/e2e/podman-push:v2s2"
-    cenv.podman("push", "--quiet", "--format", "v2s2", "--digestfile", str(digestfile), target, f"docker://{v2}")
+    cenv.podman(
+        "push",
+        "--quiet",
+        "--format",
+        "v2s2",
+        "--digestfile",
+        str(digestfile),
+        target,
+        f"docker://{v2}",
+    )
     v2_digest = read_digestfile(digestfile)
     v2_manifest = registry_http.get_manifest("e2e/podman-push", "v2s2")
     assert v2_manifest.digest == v2_digest != digest
-    assert [x["digest"] for x in v2_manifest.json()["layers"]] == [x["digest"] for x in served.json()["layers"]]
+    assert [x["digest"] for x in v2_manifest.json()["layers"]] == [
+        x["digest"] for x in served.json()["layers"]
+    ]
 
     # forget it locally and pull back both
     cenv.podman("rmi", "--force", target, base_image.ref)
@@ -79,21 +98,39 @@ def test_podman_pull_push_pull(containers_env: ContainersEnv, registry: object, 
     cenv.podman("rmi", "--force", target, v2)
 
 
-def test_buildah_build_push_pull(containers_env: ContainersEnv, registry: object, registry_http: RegistryHTTP,
-                                 base_image: BaseImage, tmp_path: Path) -> None:
-    host = registry.host  # type: ignore[attr-defined]
+def test_buildah_build_push_pull(
+    containers_env: ContainersEnv,
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    base_image: BaseImage,
+    tmp_path: Path,
+) -> None:
+    host = registry.host
     cenv = containers_env
     context = tmp_path / "context"
     context.mkdir()
     (context / "Containerfile").write_text(
         f"FROM {base_image.ref}\n"
         "ARG GREETING=hi\n"
-        "RUN echo \"$GREETING from buildah\" > /built.txt\n"
+        'RUN echo "$GREETING from buildah" > /built.txt\n'
         'LABEL org.example.e2e.builder="buildah"\n'
     )
     target = f"{host}/e2e/buildah-built:v1"
-    cenv.buildah("build", NO_RETRY, "--quiet", "--isolation", "chroot", "--build-arg", "GREETING=howdy",
-                 "-f", str(context / "Containerfile"), "-t", target, str(context), timeout=300)
+    cenv.buildah(
+        "build",
+        NO_RETRY,
+        "--quiet",
+        "--isolation",
+        "chroot",
+        "--build-arg",
+        "GREETING=howdy",
+        "-f",
+        str(context / "Containerfile"),
+        "-t",
+        target,
+        str(context),
+        timeout=300,
+    )
     digestfile = tmp_path / "digest"
     cenv.buildah("push", NO_RETRY, "--quiet", "--digestfile", str(digestfile), target)
     digest = read_digestfile(digestfile)
@@ -115,9 +152,13 @@ def test_buildah_build_push_pull(containers_env: ContainersEnv, registry: object
     cenv.buildah("rmi", "--force", target)
 
 
-def test_buildah_manifest_list_push(containers_env: ContainersEnv, registry: object, registry_http: RegistryHTTP,
-                                    tmp_path: Path) -> None:
-    host = registry.host  # type: ignore[attr-defined]
+def test_buildah_manifest_list_push(
+    containers_env: ContainersEnv,
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    tmp_path: Path,
+) -> None:
+    host = registry.host
     cenv = containers_env
     payload = tmp_path / "payload"
     payload.mkdir()
@@ -127,7 +168,16 @@ def test_buildah_manifest_list_push(containers_env: ContainersEnv, registry: obj
         ctr = cenv.buildah("from", "scratch").stdout.strip()
         try:
             cenv.buildah("copy", ctr, str(payload / "arch.txt"), "/arch.txt")
-            cenv.buildah("config", "--arch", arch, "--os", "linux", "--label", f"org.example.arch={arch}", ctr)
+            cenv.buildah(
+                "config",
+                "--arch",
+                arch,
+                "--os",
+                "linux",
+                "--label",
+                f"org.example.arch={arch}",
+                ctr,
+            )
             image = f"localhost/e2e-scratch-{arch}:latest"
             cenv.buildah("commit", "--quiet", ctr, image)
         finally:
@@ -140,8 +190,17 @@ def test_buildah_manifest_list_push(containers_env: ContainersEnv, registry: obj
         cenv.buildah("manifest", "add", list_name, f"containers-storage:{image}")
     digestfile = tmp_path / "digest"
     name = "e2e/buildah-multi"
-    cenv.buildah("manifest", "push", "--all", "--quiet", "--tls-verify=false", "--digestfile",
-                 str(digestfile), list_name, f"docker://{host}/{name}:v1")
+    cenv.buildah(
+        "manifest",
+        "push",
+        "--all",
+        "--quiet",
+        "--tls-verify=false",
+        "--digestfile",
+        str(digestfile),
+        list_name,
+        f"docker://{host}/{name}:v1",
+    )
     digest = read_digestfile(digestfile)
 
     served = registry_http.get_manifest(name, "v1")
@@ -158,16 +217,24 @@ def test_buildah_manifest_list_push(containers_env: ContainersEnv, registry: obj
         assert config["architecture"] == arch
         assert config["config"]["Labels"]["org.example.arch"] == arch
         for blob in manifest_blobs(child.json()):
-            registry_http.get_blob(name, blob["digest"])  # present, and its bytes hash to the digest
+            registry_http.get_blob(
+                name, blob["digest"]
+            )  # present, and its bytes hash to the digest
 
     # podman reads the list back from the registry (nothing local has that name)
     remote = json.loads(cenv.podman("manifest", "inspect", f"{host}/{name}:v1").stdout)
-    assert sorted(m["digest"] for m in remote["manifests"]) == sorted(m["digest"] for m in index["manifests"])
+    assert sorted(m["digest"] for m in remote["manifests"]) == sorted(
+        m["digest"] for m in index["manifests"]
+    )
 
     # podman resolves the list for a foreign platform and gets the arm64 image
     cenv.podman("pull", "--quiet", "--arch", "arm64", f"{host}/{name}:v1")
-    arch = cenv.podman("image", "inspect", "--format", "{{.Architecture}}", f"{host}/{name}:v1").stdout.strip()
+    arch = cenv.podman(
+        "image", "inspect", "--format", "{{.Architecture}}", f"{host}/{name}:v1"
+    ).stdout.strip()
     assert arch == "arm64"
-    assert f"{host}/{name}@{platforms['arm64']['digest']}" in repo_digests(cenv, f"{host}/{name}:v1")
+    assert f"{host}/{name}@{platforms['arm64']['digest']}" in repo_digests(
+        cenv, f"{host}/{name}:v1"
+    )
     cenv.podman("rmi", "--force", f"{host}/{name}:v1")
     cenv.buildah("manifest", "rm", list_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cargohold.db.base import Base
@@ -12,12 +12,24 @@ from cargohold.db.models import Namespace, Repository
 from cargohold.db.session import DbSession
 
 
-async def insert_ignore(session: DbSession, model: type[Base], values: dict[str, Any]) -> None:
-    """INSERT that does nothing when a unique constraint says the row is already there."""
+async def insert_ignore(
+    session: DbSession, model: type[Base], values: dict[str, Any] | list[dict[str, Any]]
+) -> None:
+    """INSERT (one row or many) that skips rows a unique constraint says are there already."""
+    if isinstance(values, list) and not values:
+        return
     if session.dialect == "postgresql":
-        await session.execute(postgresql.insert(model).values(**values).on_conflict_do_nothing())
+        await session.execute(postgresql.insert(model).values(values).on_conflict_do_nothing())
     else:
-        await session.execute(sqlite.insert(model).values(**values).on_conflict_do_nothing())
+        await session.execute(sqlite.insert(model).values(values).on_conflict_do_nothing())
+
+
+async def insert_returning_id(session: DbSession, model: Any, values: dict[str, Any]) -> int:
+    """INSERT one row with Core (no ORM unit of work) and return its new id."""
+    new_id: int = (
+        await session.execute(insert(model).values(values).returning(model.id))
+    ).scalar_one()
+    return new_id
 
 
 async def repository_id(session: DbSession, name: str) -> int | None:

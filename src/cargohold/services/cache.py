@@ -65,6 +65,7 @@ class MetadataCache:
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
         self._tags: dict[tuple[str, str], str] = {}
         self._blobs: dict[tuple[str, str], int] = {}
+        self._repositories: dict[str, int] = {}
 
     def _fresh(self) -> None:
         now = self.generation.current()
@@ -73,6 +74,7 @@ class MetadataCache:
             self._seen = now
 
     def _clear(self) -> None:
+        self._repositories.clear()
         self._manifests.clear()
         self._tags.clear()
         self._blobs.clear()
@@ -113,6 +115,18 @@ class MetadataCache:
         self._manifests[(repository, record.digest)] = record
         if tag is not None:
             self._tags[(repository, tag)] = record.digest
+
+    # -- repository ids (remember only ids of committed rows) ----------------------------
+
+    def repository_id(self, name: str) -> int | None:
+        self._fresh()
+        return self._repositories.get(name)
+
+    def remember_repository(self, name: str, repository_id: int) -> None:
+        self._fresh()
+        if len(self._repositories) > 1_000_000:
+            self._repositories.clear()
+        self._repositories[name] = repository_id
 
     # -- blob links ----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.orm import aliased
 
 from cargohold.db.base import utcnow
@@ -21,7 +21,12 @@ from cargohold.db.models import (
     RepositoryBlob,
     Tag,
 )
-from cargohold.db.queries import ensure_repository, insert_ignore, repository_id
+from cargohold.db.queries import (
+    ensure_repository,
+    insert_ignore,
+    insert_returning_id,
+    repository_id,
+)
 from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest, digest_of, parse_digest
 from cargohold.domain.errors import (
@@ -118,15 +123,22 @@ class ManifestService:
             str(parsed.subject.digest) if parsed.subject else None,
         )
 
-        async def work(session: DbSession) -> bool:
-            repo_id = await ensure_repository(session, repository.value, repository.namespace)
-            manifest_id = await self._store(session, repo_id, record, parsed)
-            if reference.tag is not None:
-                return await _point_tag(session, repo_id, reference.tag, manifest_id)
-            return False
+        known_repo_id = self.cache.repository_id(repository.value)
 
-        if await run_write(self.db, work):
+        async def work(session: DbSession) -> tuple[int, bool]:
+            repo_id = known_repo_id or await ensure_repository(
+                session, repository.value, repository.namespace
+            )
+            manifest_id = await self._store(session, repo_id, record, parsed)
+            moved = reference.tag is not None and await _point_tag(
+                session, repo_id, reference.tag, manifest_id
+            )
+            return repo_id, moved
+
+        repo_id, moved = await run_write(self.db, work)
+        if moved:
             self.cache.invalidate()  # a tag moved away from what caches may hold
+        self.cache.remember_repository(repository.value, repo_id)
         return record
 
     async def _store(
@@ -143,26 +155,27 @@ class ManifestService:
             return existing
         blob_ids = await _check_blobs(session, repo_id, parsed)
         child_ids = await _check_children(session, repo_id, parsed.children)
-        manifest = Manifest(
-            repository_id=repo_id,
-            digest=record.digest,
-            media_type=record.media_type,
-            artifact_type=parsed.effective_artifact_type,
-            subject_digest=record.subject,
-            size=record.size,
-            payload=record.payload,
+        manifest_id = await insert_returning_id(
+            session,
+            Manifest,
+            {
+                "repository_id": repo_id,
+                "digest": record.digest,
+                "media_type": record.media_type,
+                "artifact_type": parsed.effective_artifact_type,
+                "subject_digest": record.subject,
+                "size": record.size,
+                "payload": record.payload,
+                "created_at": utcnow(),
+            },
         )
-        session.add(manifest)
-        await session.flush()
-        for blob_id in blob_ids:
-            await insert_ignore(
-                session, ManifestBlob, {"manifest_id": manifest.id, "blob_id": blob_id}
-            )
-        for child_id in child_ids:
-            await insert_ignore(
-                session, ManifestChild, {"parent_id": manifest.id, "child_id": child_id}
-            )
-        return manifest.id
+        await insert_ignore(
+            session, ManifestBlob, [{"manifest_id": manifest_id, "blob_id": b} for b in blob_ids]
+        )
+        await insert_ignore(
+            session, ManifestChild, [{"parent_id": manifest_id, "child_id": c} for c in child_ids]
+        )
+        return manifest_id
 
     # -- delete --------------------------------------------------------------------------
 
@@ -219,8 +232,11 @@ async def _point_tag(session: DbSession, repo_id: int, tag: str, manifest_id: in
             return False
         now = utcnow()
         await session.execute(update(Tag).where(Tag.id == current[0]).values(ended_at=now))
-    session.add(Tag(repository_id=repo_id, name=tag, manifest_id=manifest_id))
-    await session.flush()
+    await session.execute(
+        insert(Tag).values(
+            repository_id=repo_id, name=tag, manifest_id=manifest_id, started_at=utcnow()
+        )
+    )
     return current is not None
 
 
