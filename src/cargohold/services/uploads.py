@@ -187,8 +187,8 @@ class UploadService:
 
     @staticmethod
     async def _write(writer: UploadWriter, hasher: Hasher, data: bytes) -> None:
-        await asyncio.to_thread(hasher.update, data)
-        await writer.write(data)
+        # Hashing and writing both release the GIL: run them side by side.
+        await asyncio.gather(asyncio.to_thread(hasher.update, data), writer.write(data))
 
     async def _hasher(
         self, upload_id: str, key: str, size: int, algorithm: str = "sha256"
@@ -225,11 +225,16 @@ class UploadService:
             else:
                 state = await self.status(repository, upload_id)
         key = layout.upload_key(upload_id)
-        hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
-        if hasher.hexdigest() != digest.hex:
-            await self.cancel(repository, upload_id)
-            raise DigestInvalid(detail={"digest": str(digest)})
-        return await self._publish(repository, upload_id, key, digest, state.size)
+        async with self._locks.setdefault(upload_id, asyncio.Lock()):
+            if state.size:
+                # Bytes past the recorded size (a PATCH cut off by a disconnect) must not
+                # be published with the blob: cut the object back to exactly that size.
+                await (await self.storage.writer(key, offset=state.size)).close()
+            hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
+            if hasher.hexdigest() != digest.hex:
+                await self.cancel(repository, upload_id)
+                raise DigestInvalid(detail={"digest": str(digest)})
+            return await self._publish(repository, upload_id, key, digest, state.size)
 
     async def _publish(
         self, repository: RepositoryName, upload_id: str, key: str, digest: Digest, size: int
