@@ -30,7 +30,7 @@ async def get_blob(call: Call) -> Response:
         )
     send_body = call.request.method == "GET"
     storage = call.runtime.storage
-    path = storage.local_path(blob.key)
+    path = storage.local_path(blob.key) if send_body else None
     stream = None
     if path is None and send_body:
         start = byte_range[0] if byte_range else 0

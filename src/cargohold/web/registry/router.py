@@ -18,9 +18,11 @@ from cargohold.domain.errors import RegistryError
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.runtime import Runtime
 from cargohold.web.context import principal_of, runtime_of
-from cargohold.web.registry.errors import API_VERSION_HEADER, error_response, to_response
+from cargohold.web.registry.errors import error_response, to_response
 
 log = logging.getLogger(__name__)
+
+API_VERSION_RAW = (b"docker-distribution-api-version", b"registry/2.0")
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Router:
         await response(scope, receive, send)
 
     async def dispatch(self, request: Request) -> Response:
-        path = request.url.path
+        path: str = request.scope["path"]
         r, params, path_matched = self.match(request.method, path)
         if r is None:
             if path_matched:
@@ -104,5 +106,5 @@ class Router:
         except Exception:
             log.exception("unhandled error on %s %s", request.method, path)
             return error_response(500, "UNKNOWN", "internal error; see the server log")
-        response.headers.update(API_VERSION_HEADER)
+        response.raw_headers.append(API_VERSION_RAW)
         return response
