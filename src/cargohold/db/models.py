@@ -25,6 +25,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from cargohold.db.base import Base, BigId, UTCDateTime, utcnow
 
 
+def _name(length: int) -> String:
+    """Names sort bytewise on both databases (the OCI pagination order): SQLite's BINARY
+    collation is the default; PostgreSQL's default follows the locale, so ask for "C"."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 class Namespace(Base):
     __tablename__ = "namespace"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -36,7 +42,7 @@ class Repository(Base):
     __tablename__ = "repository"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespace.id"), index=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(_name(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -106,7 +112,7 @@ class Tag(Base):
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(_name(128))
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifest.id"), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple, overload
 
@@ -27,7 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
+from cargohold.db.sql import Sql
+
 T = TypeVar("T")
+Row = tuple[Any, ...]
 Ts = TypeVarTuple("Ts")
 
 
@@ -70,6 +74,32 @@ class DbSession:
     async def delete(self, instance: object) -> None:
         raise NotImplementedError
 
+    # Hand-written statements (db/sql.py) on the driver's cursor, in the same transaction.
+
+    async def one(self, statement: Sql, **params: Any) -> Row | None:
+        """The first row, or None."""
+        raise NotImplementedError
+
+    async def all(self, statement: Sql, **params: Any) -> list[Row]:
+        raise NotImplementedError
+
+    async def value(self, statement: Sql, **params: Any) -> Any:
+        """The first column of the first row, or None."""
+        row = await self.one(statement, **params)
+        return None if row is None else row[0]
+
+    async def run(self, statement: Sql, **params: Any) -> int:
+        """Execute; the number of rows changed."""
+        raise NotImplementedError
+
+
+def _sqlite_params(params: dict[str, Any]) -> dict[str, Any]:
+    # Datetimes are stored the way SQLAlchemy's SQLite dialect stores them: naive UTC text.
+    return {
+        k: v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v
+        for k, v in params.items()
+    }
+
 
 class InlineSession(DbSession):
     """A synchronous session run on the event loop (SQLite)."""
@@ -94,6 +124,25 @@ class InlineSession(DbSession):
     async def delete(self, instance: object) -> None:
         self._session.delete(instance)
 
+    def _cursor(self) -> Any:
+        return self._session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    async def one(self, statement: Sql, **params: Any) -> Row | None:
+        row: Row | None = (
+            self._cursor().execute(statement.sqlite, _sqlite_params(params)).fetchone()
+        )
+        return row
+
+    async def all(self, statement: Sql, **params: Any) -> list[Row]:
+        rows: list[Row] = (
+            self._cursor().execute(statement.sqlite, _sqlite_params(params)).fetchall()
+        )
+        return rows
+
+    async def run(self, statement: Sql, **params: Any) -> int:
+        count: int = self._cursor().execute(statement.sqlite, _sqlite_params(params)).rowcount
+        return count
+
 
 class AsyncSessionAdapter(DbSession):
     """An asyncio session (PostgreSQL)."""
@@ -117,6 +166,28 @@ class AsyncSessionAdapter(DbSession):
 
     async def delete(self, instance: object) -> None:
         await self._session.delete(instance)
+
+    async def _driver(self) -> Any:
+        connection = await self._session.connection()
+        return (await connection.get_raw_connection()).driver_connection
+
+    async def one(self, statement: Sql, **params: Any) -> Row | None:
+        async with (await self._driver()).cursor() as cursor:
+            await cursor.execute(statement.postgres, params)
+            row: Row | None = await cursor.fetchone() if cursor.description else None
+            return row
+
+    async def all(self, statement: Sql, **params: Any) -> list[Row]:
+        async with (await self._driver()).cursor() as cursor:
+            await cursor.execute(statement.postgres, params)
+            rows: list[Row] = await cursor.fetchall()
+            return rows
+
+    async def run(self, statement: Sql, **params: Any) -> int:
+        async with (await self._driver()).cursor() as cursor:
+            await cursor.execute(statement.postgres, params)
+            count: int = cursor.rowcount
+            return count
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -10,6 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+
+# Names sort bytewise on PostgreSQL too (collation "C"): the OCI pagination order.
+def _name(length: int) -> sa.types.TypeEngine[str]:
+    return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
+
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -41,7 +47,7 @@ def upgrade() -> None:
         sa.Column(
             "namespace_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("name", _name(255), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["namespace_id"], ["namespace.id"], name=op.f("fk_repository_namespace_id_namespace")
@@ -173,7 +179,7 @@ def upgrade() -> None:
         sa.Column(
             "repository_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("name", _name(128), nullable=False),
         sa.Column(
             "manifest_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),

@@ -1,0 +1,1 @@
+"""Protocol tests: the OCI Distribution API over real HTTP, on SQLite and PostgreSQL."""
