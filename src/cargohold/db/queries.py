@@ -1,41 +1,58 @@
-"""Small SQL helpers shared by the services, written once for SQLite and PostgreSQL."""
+"""The registry's SQL: every statement the request paths run, one function each.
+
+Functions take a DbSession (in the caller's transaction) and return plain values, so
+services hold the rules and no SQL. Statements are portable; where SQLite and PostgreSQL
+differ (list parameters) both forms are written next to each other."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects import postgresql, sqlite
-
-from cargohold.db.base import Base
-from cargohold.db.models import Namespace, Repository
-from cargohold.db.session import DbSession
+from cargohold.db.base import utcnow
+from cargohold.db.session import DbSession, Row
+from cargohold.db.sql import Sql, sql
 
 
-async def insert_ignore(
-    session: DbSession, model: type[Base], values: dict[str, Any] | list[dict[str, Any]]
-) -> None:
-    """INSERT (one row or many) that skips rows a unique constraint says are there already."""
-    if isinstance(values, list) and not values:
-        return
-    if session.dialect == "postgresql":
-        await session.execute(postgresql.insert(model).values(values).on_conflict_do_nothing())
-    else:
-        await session.execute(sqlite.insert(model).values(values).on_conflict_do_nothing())
+def _in_list(column: str, param: str) -> Sql:
+    """`column IN <list parameter>` for both databases (a JSON array on SQLite)."""
+    return Sql(
+        f"{column} IN (SELECT value FROM json_each(:{param}))",
+        f"{column} = ANY(%({param})s)",
+    )
 
 
-async def insert_returning_id(session: DbSession, model: Any, values: dict[str, Any]) -> int:
-    """INSERT one row with Core (no ORM unit of work) and return its new id."""
-    new_id: int = (
-        await session.execute(insert(model).values(values).returning(model.id))
-    ).scalar_one()
-    return new_id
+def _list_param(session: DbSession, values: Sequence[Any]) -> Any:
+    return list(values) if session.dialect == "postgresql" else json.dumps(list(values))
+
+
+def _with(template: str, fragment: Sql) -> Sql:
+    """`template` with `{in}` replaced by an _in_list fragment, rendered for both databases."""
+    base = sql(template.replace("{in}", "__IN__"))
+    return Sql(
+        base.sqlite.replace("__IN__", fragment.sqlite),
+        base.postgres.replace("__IN__", fragment.postgres),
+    )
+
+
+# -- repositories ------------------------------------------------------------------------
+
+REPOSITORY_ID = sql("SELECT id FROM repository WHERE name = :name")
+INSERT_NAMESPACE = sql(
+    "INSERT INTO namespace (name, created_at) VALUES (:name, :now) ON CONFLICT DO NOTHING"
+)
+INSERT_REPOSITORY = sql(
+    """INSERT INTO repository (namespace_id, name, created_at)
+       SELECT id, :name, :now FROM namespace WHERE name = :namespace
+       ON CONFLICT DO NOTHING"""
+)
 
 
 async def repository_id(session: DbSession, name: str) -> int | None:
-    return (
-        await session.execute(select(Repository.id).where(Repository.name == name))
-    ).scalar_one_or_none()
+    value: int | None = await session.value(REPOSITORY_ID, name=name)
+    return value
 
 
 async def ensure_repository(session: DbSession, name: str, namespace: str) -> int:
@@ -43,11 +60,292 @@ async def ensure_repository(session: DbSession, name: str, namespace: str) -> in
     existing = await repository_id(session, name)
     if existing is not None:
         return existing
-    await insert_ignore(session, Namespace, {"name": namespace})
-    ns_id = (
-        await session.execute(select(Namespace.id).where(Namespace.name == namespace))
-    ).scalar_one()
-    await insert_ignore(session, Repository, {"name": name, "namespace_id": ns_id})
-    repo_id = await repository_id(session, name)
-    assert repo_id is not None
-    return repo_id
+    now = utcnow()
+    await session.run(INSERT_NAMESPACE, name=namespace, now=now)
+    await session.run(INSERT_REPOSITORY, name=name, namespace=namespace, now=now)
+    created = await repository_id(session, name)
+    assert created is not None
+    return created
+
+
+# -- blobs -------------------------------------------------------------------------------
+
+LINKED_BLOB = sql(
+    """SELECT b.id, b.size FROM blob b
+       JOIN repository_blob rb ON rb.blob_id = b.id
+       JOIN repository r ON r.id = rb.repository_id
+       WHERE r.name = :repository AND b.digest = :digest"""
+)
+INSERT_BLOB = sql(
+    "INSERT INTO blob (digest, size, created_at) VALUES (:digest, :size, :now) "
+    "ON CONFLICT DO NOTHING"
+)
+BLOB_ID = sql("SELECT id FROM blob WHERE digest = :digest")
+LINK_BLOB = sql(
+    "INSERT INTO repository_blob (repository_id, blob_id, created_at) "
+    "VALUES (:repository_id, :blob_id, :now) ON CONFLICT DO NOTHING"
+)
+UNLINK_BLOB = sql(
+    "DELETE FROM repository_blob WHERE repository_id = :repository_id AND blob_id = :blob_id"
+)
+BLOB_USED_IN_REPOSITORY = sql(
+    """SELECT 1 FROM manifest_blob mb JOIN manifest m ON m.id = mb.manifest_id
+       WHERE mb.blob_id = :blob_id AND m.repository_id = :repository_id LIMIT 1"""
+)
+MOUNT_CANDIDATES = sql(
+    """SELECT b.id, b.size, r.name FROM blob b
+       JOIN repository_blob rb ON rb.blob_id = b.id
+       JOIN repository r ON r.id = rb.repository_id
+       WHERE b.digest = :digest LIMIT 100"""
+)
+
+
+async def linked_blob(session: DbSession, repository: str, digest: str) -> Row | None:
+    """(blob id, size) of a blob linked into `repository`, or None."""
+    return await session.one(LINKED_BLOB, repository=repository, digest=digest)
+
+
+async def insert_blob(session: DbSession, digest: str, size: int) -> int:
+    await session.run(INSERT_BLOB, digest=digest, size=size, now=utcnow())
+    blob_id: int = await session.value(BLOB_ID, digest=digest)
+    return blob_id
+
+
+async def link_blob(session: DbSession, repository_id: int, blob_id: int) -> None:
+    await session.run(LINK_BLOB, repository_id=repository_id, blob_id=blob_id, now=utcnow())
+
+
+async def unlink_blob(session: DbSession, repository_id: int, blob_id: int) -> None:
+    await session.run(UNLINK_BLOB, repository_id=repository_id, blob_id=blob_id)
+
+
+async def blob_used_in_repository(session: DbSession, repository_id: int, blob_id: int) -> bool:
+    used = await session.value(
+        BLOB_USED_IN_REPOSITORY, repository_id=repository_id, blob_id=blob_id
+    )
+    return used is not None
+
+
+async def mount_candidates(session: DbSession, digest: str) -> list[Row]:
+    """(blob id, size, repository name) of repositories holding the blob."""
+    return await session.all(MOUNT_CANDIDATES, digest=digest)
+
+
+# -- uploads -----------------------------------------------------------------------------
+
+INSERT_UPLOAD = sql(
+    "INSERT INTO upload (id, repository_id, size, created_at, updated_at) "
+    "VALUES (:id, :repository_id, 0, :now, :now)"
+)
+UPLOAD = sql(
+    """SELECT u.size FROM upload u JOIN repository r ON r.id = u.repository_id
+       WHERE u.id = :id AND r.name = :repository"""
+)
+GROW_UPLOAD = sql("UPDATE upload SET size = :new, updated_at = :now WHERE id = :id AND size = :old")
+DELETE_UPLOAD = sql("DELETE FROM upload WHERE id = :id")
+STALE_UPLOADS = sql("SELECT id FROM upload WHERE updated_at < :cutoff")
+UPLOAD_IDS = sql("SELECT id FROM upload")
+
+
+async def insert_upload(session: DbSession, upload_id: str, repository_id: int) -> None:
+    await session.run(INSERT_UPLOAD, id=upload_id, repository_id=repository_id, now=utcnow())
+
+
+async def upload_size(session: DbSession, upload_id: str, repository: str) -> int | None:
+    """The recorded size of an upload of `repository`, or None if there is no such upload."""
+    size: int | None = await session.value(UPLOAD, id=upload_id, repository=repository)
+    return size
+
+
+async def grow_upload(session: DbSession, upload_id: str, old: int, new: int) -> bool:
+    """Record the new size, if nobody else changed it since `old` was read."""
+    return await session.run(GROW_UPLOAD, id=upload_id, old=old, new=new, now=utcnow()) == 1
+
+
+async def delete_upload(session: DbSession, upload_id: str) -> int:
+    return await session.run(DELETE_UPLOAD, id=upload_id)
+
+
+async def stale_upload_ids(session: DbSession, cutoff: datetime) -> list[str]:
+    return [row[0] for row in await session.all(STALE_UPLOADS, cutoff=cutoff)]
+
+
+async def upload_ids(session: DbSession) -> set[str]:
+    return {row[0] for row in await session.all(UPLOAD_IDS)}
+
+
+# -- manifests and tags ------------------------------------------------------------------
+
+MANIFEST_BY_TAG = sql(
+    """SELECT m.digest, m.media_type, m.payload, m.subject_digest FROM tag t
+       JOIN repository r ON r.id = t.repository_id
+       JOIN manifest m ON m.id = t.manifest_id
+       WHERE r.name = :repository AND t.name = :tag AND t.ended_at IS NULL"""
+)
+MANIFEST_BY_DIGEST = sql(
+    """SELECT m.digest, m.media_type, m.payload, m.subject_digest FROM manifest m
+       JOIN repository r ON r.id = m.repository_id
+       WHERE r.name = :repository AND m.digest = :digest"""
+)
+MANIFEST_ID = sql(
+    "SELECT id FROM manifest WHERE repository_id = :repository_id AND digest = :digest"
+)
+BLOBS_IN_REPOSITORY = _with(
+    """SELECT b.digest, b.id, b.size FROM blob b
+       JOIN repository_blob rb ON rb.blob_id = b.id
+       WHERE rb.repository_id = :repository_id AND {in}""",
+    _in_list("b.digest", "digests"),
+)
+MANIFESTS_IN_REPOSITORY = _with(
+    "SELECT digest, id, size FROM manifest WHERE repository_id = :repository_id AND {in}",
+    _in_list("digest", "digests"),
+)
+INSERT_MANIFEST = sql(
+    """INSERT INTO manifest (repository_id, digest, media_type, artifact_type, subject_digest,
+                             size, payload, created_at)
+       VALUES (:repository_id, :digest, :media_type, :artifact_type, :subject_digest,
+               :size, :payload, :now)
+       RETURNING id"""
+)
+INSERT_MANIFEST_BLOB = sql(
+    "INSERT INTO manifest_blob (manifest_id, blob_id) VALUES (:manifest_id, :blob_id) "
+    "ON CONFLICT DO NOTHING"
+)
+INSERT_MANIFEST_CHILD = sql(
+    "INSERT INTO manifest_child (parent_id, child_id) VALUES (:parent_id, :child_id) "
+    "ON CONFLICT DO NOTHING"
+)
+LIVE_TAG = sql(
+    "SELECT id, manifest_id FROM tag "
+    "WHERE repository_id = :repository_id AND name = :name AND ended_at IS NULL"
+)
+END_TAG = sql("UPDATE tag SET ended_at = :now WHERE id = :id")
+END_TAG_BY_NAME = sql(
+    "UPDATE tag SET ended_at = :now "
+    "WHERE repository_id = :repository_id AND name = :name AND ended_at IS NULL"
+)
+INSERT_TAG = sql(
+    "INSERT INTO tag (repository_id, name, manifest_id, started_at) "
+    "VALUES (:repository_id, :name, :manifest_id, :now)"
+)
+MANIFEST_IS_CHILD = sql("SELECT 1 FROM manifest_child WHERE child_id = :id LIMIT 1")
+DELETE_TAGS_OF_MANIFEST = sql("DELETE FROM tag WHERE manifest_id = :id")
+DELETE_MANIFEST = sql("DELETE FROM manifest WHERE id = :id")
+
+
+async def manifest_by_tag(session: DbSession, repository: str, tag: str) -> Row | None:
+    """(digest, media type, payload, subject digest) of the manifest a live tag points at."""
+    return await session.one(MANIFEST_BY_TAG, repository=repository, tag=tag)
+
+
+async def manifest_by_digest(session: DbSession, repository: str, digest: str) -> Row | None:
+    return await session.one(MANIFEST_BY_DIGEST, repository=repository, digest=digest)
+
+
+async def manifest_id(session: DbSession, repository_id: int, digest: str) -> int | None:
+    value: int | None = await session.value(MANIFEST_ID, repository_id=repository_id, digest=digest)
+    return value
+
+
+async def blobs_in_repository(
+    session: DbSession, repository_id: int, digests: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """digest -> (blob id, size) for those of `digests` linked into the repository."""
+    rows = await session.all(
+        BLOBS_IN_REPOSITORY, repository_id=repository_id, digests=_list_param(session, digests)
+    )
+    return {digest: (blob_id, size) for digest, blob_id, size in rows}
+
+
+async def manifests_in_repository(
+    session: DbSession, repository_id: int, digests: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """digest -> (manifest id, size) for those of `digests` in the repository."""
+    rows = await session.all(
+        MANIFESTS_IN_REPOSITORY, repository_id=repository_id, digests=_list_param(session, digests)
+    )
+    return {digest: (mid, size) for digest, mid, size in rows}
+
+
+async def insert_manifest(session: DbSession, **values: Any) -> int:
+    new_id: int = await session.value(INSERT_MANIFEST, now=utcnow(), **values)
+    return new_id
+
+
+async def add_manifest_references(
+    session: DbSession, manifest_id: int, blob_ids: Sequence[int], child_ids: Sequence[int]
+) -> None:
+    for blob_id in blob_ids:
+        await session.run(INSERT_MANIFEST_BLOB, manifest_id=manifest_id, blob_id=blob_id)
+    for child_id in child_ids:
+        await session.run(INSERT_MANIFEST_CHILD, parent_id=manifest_id, child_id=child_id)
+
+
+async def live_tag(session: DbSession, repository_id: int, name: str) -> Row | None:
+    """(tag row id, manifest id) of the live tag, or None."""
+    return await session.one(LIVE_TAG, repository_id=repository_id, name=name)
+
+
+async def end_tag(session: DbSession, tag_id: int) -> None:
+    await session.run(END_TAG, id=tag_id, now=utcnow())
+
+
+async def end_tag_by_name(session: DbSession, repository_id: int, name: str) -> bool:
+    ended = await session.run(END_TAG_BY_NAME, repository_id=repository_id, name=name, now=utcnow())
+    return ended > 0
+
+
+async def insert_tag(session: DbSession, repository_id: int, name: str, manifest_id: int) -> None:
+    await session.run(
+        INSERT_TAG, repository_id=repository_id, name=name, manifest_id=manifest_id, now=utcnow()
+    )
+
+
+async def manifest_is_child(session: DbSession, manifest_id: int) -> bool:
+    return await session.value(MANIFEST_IS_CHILD, id=manifest_id) is not None
+
+
+async def delete_manifest(session: DbSession, manifest_id: int) -> None:
+    """Delete a manifest, its tags (history included) and its reference rows."""
+    await session.run(DELETE_TAGS_OF_MANIFEST, id=manifest_id)
+    await session.run(DELETE_MANIFEST, id=manifest_id)
+
+
+# -- listings ----------------------------------------------------------------------------
+
+TAGS_PAGE = sql(
+    "SELECT name FROM tag WHERE repository_id = :repository_id AND ended_at IS NULL "
+    "AND name > :last ORDER BY name LIMIT :limit"
+)
+REPOSITORIES_PAGE = sql("SELECT name FROM repository WHERE name > :last ORDER BY name LIMIT :limit")
+REFERRERS_PAGE = sql(
+    """SELECT m.digest, m.media_type, m.size, m.artifact_type, m.payload FROM manifest m
+       JOIN repository r ON r.id = m.repository_id
+       WHERE r.name = :repository AND m.subject_digest = :subject AND m.digest > :last
+         AND (:artifact_type = '' OR m.artifact_type = :artifact_type)
+       ORDER BY m.digest LIMIT :limit"""
+)
+
+
+async def tags_page(session: DbSession, repository_id: int, last: str, limit: int) -> list[str]:
+    rows = await session.all(TAGS_PAGE, repository_id=repository_id, last=last, limit=limit)
+    return [row[0] for row in rows]
+
+
+async def repositories_page(session: DbSession, last: str, limit: int) -> list[str]:
+    return [row[0] for row in await session.all(REPOSITORIES_PAGE, last=last, limit=limit)]
+
+
+async def referrers_page(
+    session: DbSession, repository: str, subject: str, artifact_type: str, last: str, limit: int
+) -> list[Row]:
+    """(digest, media type, size, artifact type, payload) of manifests whose subject is
+    `subject`; an empty `artifact_type` means any."""
+    return await session.all(
+        REFERRERS_PAGE,
+        repository=repository,
+        subject=subject,
+        artifact_type=artifact_type,
+        last=last,
+        limit=limit,
+    )

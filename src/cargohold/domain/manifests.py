@@ -71,9 +71,17 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's parser would accept NaN and Infinity
+
+
 def _load(body: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(body.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys)
+        doc = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
     except ManifestInvalid:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -86,8 +94,10 @@ def _load(body: bytes) -> dict[str, Any]:
 def _string(value: Any, field: str, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise ManifestInvalid(f"{field} must be a non-empty string")
+    # Printable: no control characters or lone surrogates, which no media type has and
+    # the databases cannot store.
+    if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
+        raise ManifestInvalid(f"{field} must be a non-empty printable string")
     return value
 
 

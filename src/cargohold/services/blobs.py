@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, exists, select
-
-from cargohold.db.models import Blob, Manifest, ManifestBlob, Repository, RepositoryBlob
-from cargohold.db.queries import ensure_repository, insert_ignore
+from cargohold.db import queries
 from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest
 from cargohold.domain.errors import BlobUnknown, Referenced
@@ -29,22 +26,17 @@ class BlobInfo:
 
 async def linked_blob(session: DbSession, repository: str, digest: Digest) -> tuple[int, int]:
     """(blob id, size) of a blob linked into `repository`; raises BlobUnknown."""
-    row = (
-        await session.execute(
-            select(Blob.id, Blob.size)
-            .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
-            .join(Repository, Repository.id == RepositoryBlob.repository_id)
-            .where(Repository.name == repository, Blob.digest == str(digest))
-        )
-    ).first()
+    row = await queries.linked_blob(session, repository, str(digest))
     if row is None:
         raise BlobUnknown(detail={"digest": str(digest)})
     return row[0], row[1]
 
 
-async def link_blob(session: DbSession, repository: RepositoryName, blob_id: int) -> None:
-    repo_id = await ensure_repository(session, repository.value, repository.namespace)
-    await insert_ignore(session, RepositoryBlob, {"repository_id": repo_id, "blob_id": blob_id})
+async def link_blob(session: DbSession, repository: RepositoryName, blob_id: int) -> int:
+    """Link a blob into a repository (created on first use); the repository id."""
+    repo_id = await queries.ensure_repository(session, repository.value, repository.namespace)
+    await queries.link_blob(session, repo_id, blob_id)
+    return repo_id
 
 
 class BlobService:
@@ -66,26 +58,11 @@ class BlobService:
 
         async def work(session: DbSession) -> None:
             blob_id, _ = await linked_blob(session, repository.value, digest)
-            repo_id = (
-                await session.execute(
-                    select(Repository.id).where(Repository.name == repository.value)
-                )
-            ).scalar_one()
-            in_use = await session.scalar(
-                select(
-                    exists()
-                    .where(ManifestBlob.blob_id == blob_id)
-                    .where(ManifestBlob.manifest_id == Manifest.id)
-                    .where(Manifest.repository_id == repo_id)
-                )
-            )
-            if in_use:
+            repo_id = await queries.repository_id(session, repository.value)
+            assert repo_id is not None
+            if await queries.blob_used_in_repository(session, repo_id, blob_id):
                 raise Referenced("blob is referenced by a manifest in this repository")
-            await session.execute(
-                delete(RepositoryBlob).where(
-                    RepositoryBlob.repository_id == repo_id, RepositoryBlob.blob_id == blob_id
-                )
-            )
+            await queries.unlink_blob(session, repo_id, blob_id)
 
         await run_write(self.db, work)
         self.cache.invalidate()
@@ -102,22 +79,19 @@ class BlobService:
         With a `source`, only that repository is considered; without one, any repository
         holding the blob that the caller may read (automatic mount). None: not mountable,
         and the client must upload the bytes."""
-        if source is not None and not may_read(source.value):
-            return None
-        async with self.db.read() as session:
-            query = (
-                select(Blob.id, Blob.size, Repository.name)
-                .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
-                .join(Repository, Repository.id == RepositoryBlob.repository_id)
-                .where(Blob.digest == str(digest))
-            )
-            if source is not None:
-                query = query.where(Repository.name == source.value)
-            rows = (await session.execute(query.limit(100))).all()
-        candidate = next((r for r in rows if may_read(r[2])), None)
+        if source is not None:
+            if not may_read(source.value):
+                return None
+            async with self.db.read() as session:
+                row = await queries.linked_blob(session, source.value, str(digest))
+            candidate = None if row is None else (row[0], row[1])
+        else:
+            async with self.db.read() as session:
+                rows = await queries.mount_candidates(session, str(digest))
+            candidate = next(((r[0], r[1]) for r in rows if may_read(r[2])), None)
         if candidate is None:
             return None
-        blob_id, size = candidate[0], candidate[1]
+        blob_id, size = candidate
 
         async def work(session: DbSession) -> None:
             await link_blob(session, repository, blob_id)

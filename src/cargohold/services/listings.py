@@ -9,10 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
-from cargohold.db.models import Manifest, Repository, Tag
-from cargohold.db.queries import repository_id
+from cargohold.db import queries
 from cargohold.db.session import Database
 from cargohold.domain.digests import Digest
 from cargohold.domain.errors import NameUnknown
@@ -39,26 +36,18 @@ class ListingService:
 
     async def tags(self, repository: RepositoryName, n: int, last: str | None) -> Page:
         async with self.db.read() as session:
-            repo_id = await repository_id(session, repository.value)
+            repo_id = await queries.repository_id(session, repository.value)
             if repo_id is None:
                 raise NameUnknown(detail={"name": repository.value})
             if n == 0:
                 return Page([], False)
-            query = select(Tag.name).where(Tag.repository_id == repo_id, Tag.ended_at.is_(None))
-            if last:
-                query = query.where(Tag.name > last)
-            rows = (await session.execute(query.order_by(Tag.name).limit(n + 1))).scalars()
-            return _page(list(rows), n)
+            return _page(await queries.tags_page(session, repo_id, last or "", n + 1), n)
 
     async def repositories(self, n: int, last: str | None) -> Page:
         if n == 0:
             return Page([], False)
-        query = select(Repository.name)
-        if last:
-            query = query.where(Repository.name > last)
         async with self.db.read() as session:
-            rows = (await session.execute(query.order_by(Repository.name).limit(n + 1))).scalars()
-            return _page(list(rows), n)
+            return _page(await queries.repositories_page(session, last or "", n + 1), n)
 
     async def referrers(
         self,
@@ -69,23 +58,14 @@ class ListingService:
         last: str | None,
     ) -> tuple[list[dict[str, Any]], bool]:
         """Descriptors of the manifests whose subject is `subject`, ordered by digest."""
-        query = (
-            select(
-                Manifest.digest,
-                Manifest.media_type,
-                Manifest.size,
-                Manifest.artifact_type,
-                Manifest.payload,
-            )
-            .join(Repository, Repository.id == Manifest.repository_id)
-            .where(Repository.name == repository.value, Manifest.subject_digest == str(subject))
-        )
-        if artifact_type is not None:
-            query = query.where(Manifest.artifact_type == artifact_type)
-        if last:
-            query = query.where(Manifest.digest > last)
+        if artifact_type is not None and not artifact_type.isprintable():
+            # No stored type has control characters (domain.manifests refuses them), and
+            # PostgreSQL cannot even compare text holding a NUL.
+            return [], False
         async with self.db.read() as session:
-            rows = (await session.execute(query.order_by(Manifest.digest).limit(n + 1))).all()
+            rows = await queries.referrers_page(
+                session, repository.value, str(subject), artifact_type or "", last or "", n + 1
+            )
         out = []
         for digest, media_type, size, art_type, payload in rows[:n]:
             desc: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}

@@ -8,25 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, exists, insert, select, update
-from sqlalchemy.orm import aliased
-
-from cargohold.db.base import utcnow
-from cargohold.db.models import (
-    Blob,
-    Manifest,
-    ManifestBlob,
-    ManifestChild,
-    Repository,
-    RepositoryBlob,
-    Tag,
-)
-from cargohold.db.queries import (
-    ensure_repository,
-    insert_ignore,
-    insert_returning_id,
-    repository_id,
-)
+from cargohold.db import queries
 from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest, digest_of, parse_digest
 from cargohold.domain.errors import (
@@ -77,24 +59,18 @@ class ManifestService:
         if cached is not None:
             return cached
         snapshot = self.cache.snapshot()
-        query = select(
-            Manifest.digest, Manifest.media_type, Manifest.payload, Manifest.subject_digest
-        ).join(Repository, Repository.id == Manifest.repository_id)
-        if reference.tag is not None:
-            query = query.join(Tag, Tag.manifest_id == Manifest.id).where(
-                Tag.repository_id == Repository.id,
-                Tag.name == reference.tag,
-                Tag.ended_at.is_(None),
-            )
-        else:
-            query = query.where(Manifest.digest == str(reference.digest))
         async with self.db.read() as session:
-            row = (await session.execute(query.where(Repository.name == repository.value))).first()
+            if reference.tag is not None:
+                row = await queries.manifest_by_tag(session, repository.value, reference.tag)
+            else:
+                row = await queries.manifest_by_digest(
+                    session, repository.value, str(reference.digest)
+                )
             if row is None:
-                if await repository_id(session, repository.value) is None:
+                if await queries.repository_id(session, repository.value) is None:
                     raise NameUnknown(detail={"name": repository.value})
                 raise ManifestUnknown(detail={"reference": reference.tag or str(reference.digest)})
-        record = ManifestRecord(row[0], row[1], row[2], row[3])
+        record = ManifestRecord(row[0], row[1], bytes(row[2]), row[3])
         self.cache.remember_manifest(snapshot, repository.value, record, reference.tag)
         return record
 
@@ -126,7 +102,7 @@ class ManifestService:
         known_repo_id = self.cache.repository_id(repository.value)
 
         async def work(session: DbSession) -> tuple[int, bool]:
-            repo_id = known_repo_id or await ensure_repository(
+            repo_id = known_repo_id or await queries.ensure_repository(
                 session, repository.value, repository.namespace
             )
             manifest_id = await self._store(session, repo_id, record, parsed)
@@ -144,37 +120,22 @@ class ManifestService:
     async def _store(
         self, session: DbSession, repo_id: int, record: ManifestRecord, parsed: ParsedManifest
     ) -> int:
-        existing = (
-            await session.execute(
-                select(Manifest.id).where(
-                    Manifest.repository_id == repo_id, Manifest.digest == record.digest
-                )
-            )
-        ).scalar_one_or_none()
+        existing = await queries.manifest_id(session, repo_id, record.digest)
         if existing is not None:
             return existing
         blob_ids = await _check_blobs(session, repo_id, parsed)
         child_ids = await _check_children(session, repo_id, parsed.children)
-        manifest_id = await insert_returning_id(
+        manifest_id = await queries.insert_manifest(
             session,
-            Manifest,
-            {
-                "repository_id": repo_id,
-                "digest": record.digest,
-                "media_type": record.media_type,
-                "artifact_type": parsed.effective_artifact_type,
-                "subject_digest": record.subject,
-                "size": record.size,
-                "payload": record.payload,
-                "created_at": utcnow(),
-            },
+            repository_id=repo_id,
+            digest=record.digest,
+            media_type=record.media_type,
+            artifact_type=parsed.effective_artifact_type,
+            subject_digest=record.subject,
+            size=record.size,
+            payload=record.payload,
         )
-        await insert_ignore(
-            session, ManifestBlob, [{"manifest_id": manifest_id, "blob_id": b} for b in blob_ids]
-        )
-        await insert_ignore(
-            session, ManifestChild, [{"parent_id": manifest_id, "child_id": c} for c in child_ids]
-        )
+        await queries.add_manifest_references(session, manifest_id, blob_ids, child_ids)
         return manifest_id
 
     # -- delete --------------------------------------------------------------------------
@@ -183,36 +144,19 @@ class ManifestService:
         """Delete a tag, or a manifest with every tag pointing at it."""
 
         async def work(session: DbSession) -> None:
-            repo_id = await repository_id(session, repository.value)
+            repo_id = await queries.repository_id(session, repository.value)
             if repo_id is None:
                 raise NameUnknown(detail={"name": repository.value})
             if reference.tag is not None:
-                result = await session.execute(
-                    update(Tag)
-                    .where(
-                        Tag.repository_id == repo_id,
-                        Tag.name == reference.tag,
-                        Tag.ended_at.is_(None),
-                    )
-                    .values(ended_at=utcnow())
-                )
-                if not result.rowcount:  # type: ignore[attr-defined]
+                if not await queries.end_tag_by_name(session, repo_id, reference.tag):
                     raise ManifestUnknown(detail={"tag": reference.tag})
                 return
-            manifest_id = (
-                await session.execute(
-                    select(Manifest.id).where(
-                        Manifest.repository_id == repo_id,
-                        Manifest.digest == str(reference.digest),
-                    )
-                )
-            ).scalar_one_or_none()
+            manifest_id = await queries.manifest_id(session, repo_id, str(reference.digest))
             if manifest_id is None:
                 raise ManifestUnknown(detail={"digest": str(reference.digest)})
-            if await session.scalar(select(exists().where(ManifestChild.child_id == manifest_id))):
+            if await queries.manifest_is_child(session, manifest_id):
                 raise Referenced("manifest is referenced by an index; delete the index first")
-            await session.execute(delete(Tag).where(Tag.manifest_id == manifest_id))
-            await session.execute(delete(Manifest).where(Manifest.id == manifest_id))
+            await queries.delete_manifest(session, manifest_id)
 
         await run_write(self.db, work)
         self.cache.invalidate()
@@ -220,48 +164,27 @@ class ManifestService:
 
 async def _point_tag(session: DbSession, repo_id: int, tag: str, manifest_id: int) -> bool:
     """Point `tag` at the manifest; True when the tag moved away from another manifest."""
-    current = (
-        await session.execute(
-            select(Tag.id, Tag.manifest_id).where(
-                Tag.repository_id == repo_id, Tag.name == tag, Tag.ended_at.is_(None)
-            )
-        )
-    ).first()
+    current = await queries.live_tag(session, repo_id, tag)
     if current is not None:
         if current[1] == manifest_id:
             return False
-        now = utcnow()
-        await session.execute(update(Tag).where(Tag.id == current[0]).values(ended_at=now))
-    await session.execute(
-        insert(Tag).values(
-            repository_id=repo_id, name=tag, manifest_id=manifest_id, started_at=utcnow()
-        )
-    )
+        await queries.end_tag(session, current[0])
+    await queries.insert_tag(session, repo_id, tag, manifest_id)
     return current is not None
 
 
 async def _check_blobs(session: DbSession, repo_id: int, parsed: ParsedManifest) -> list[int]:
-    wanted = parsed.required_blobs()
+    wanted = {str(d) for d in parsed.required_blobs()}
     if not wanted:
         return []
-    rows = (
-        await session.execute(
-            select(Blob.digest, Blob.id, Blob.size)
-            .join(RepositoryBlob, RepositoryBlob.blob_id == Blob.id)
-            .where(
-                RepositoryBlob.repository_id == repo_id,
-                Blob.digest.in_({str(d) for d in wanted}),
-            )
-        )
-    ).all()
-    found = {digest: (blob_id, size) for digest, blob_id, size in rows}
+    found = await queries.blobs_in_repository(session, repo_id, sorted(wanted))
     descriptors: list[Descriptor] = [*([parsed.config] if parsed.config else []), *parsed.layers]
     for desc in descriptors:
         hit = found.get(str(desc.digest))
         if hit is None:
-            if str(desc.digest) in {str(d) for d in wanted}:
+            if str(desc.digest) in wanted:
                 raise ManifestBlobUnknown(detail={"digest": str(desc.digest)})
-            continue
+            continue  # a foreign layer, stored elsewhere by design
         if hit[1] != desc.size:
             raise ManifestInvalid(
                 f"descriptor size {desc.size} of {desc.digest} differs from the blob's {hit[1]}"
@@ -274,15 +197,9 @@ async def _check_children(
 ) -> list[int]:
     if not children:
         return []
-    child = aliased(Manifest)
-    rows = (
-        await session.execute(
-            select(child.digest, child.id, child.size).where(
-                child.repository_id == repo_id, child.digest.in_({str(c.digest) for c in children})
-            )
-        )
-    ).all()
-    found = {digest: (manifest_id, size) for digest, manifest_id, size in rows}
+    found = await queries.manifests_in_repository(
+        session, repo_id, sorted({str(c.digest) for c in children})
+    )
     for desc in children:
         hit = found.get(str(desc.digest))
         if hit is None:

@@ -15,11 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
-
+from cargohold.db import queries
 from cargohold.db.base import utcnow
-from cargohold.db.models import Blob, Repository, Upload
-from cargohold.db.queries import ensure_repository, insert_ignore
 from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest, Hasher, new_hasher
 from cargohold.domain.errors import (
@@ -70,26 +67,21 @@ class UploadService:
 
     # -- lookups -----------------------------------------------------------------------
 
-    async def _load(self, session: DbSession, repository: str, upload_id: str) -> Upload:
+    async def _size(self, session: DbSession, repository: str, upload_id: str) -> int:
+        """The recorded size of an upload of `repository`; raises BlobUploadUnknown."""
         try:
             uuid.UUID(upload_id)
         except ValueError:
             raise BlobUploadUnknown(detail={"upload": upload_id[:64]}) from None
-        row = (
-            await session.execute(
-                select(Upload)
-                .join(Repository, Repository.id == Upload.repository_id)
-                .where(Upload.id == upload_id, Repository.name == repository)
-            )
-        ).scalar_one_or_none()
-        if row is None:
+        size = await queries.upload_size(session, upload_id, repository)
+        if size is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
-        return row
+        return size
 
     async def status(self, repository: RepositoryName, upload_id: str) -> UploadState:
         async with self.db.read() as session:
-            row = await self._load(session, repository.value, upload_id)
-            return UploadState(row.id, repository.value, row.size)
+            size = await self._size(session, repository.value, upload_id)
+        return UploadState(upload_id, repository.value, size)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -97,8 +89,10 @@ class UploadService:
         upload_id = str(uuid.uuid4())
 
         async def work(session: DbSession) -> None:
-            repo_id = await ensure_repository(session, repository.value, repository.namespace)
-            session.add(Upload(id=upload_id, repository_id=repo_id, size=0))
+            repo_id = await queries.ensure_repository(
+                session, repository.value, repository.namespace
+            )
+            await queries.insert_upload(session, upload_id, repo_id)
 
         await run_write(self.db, work)
         return UploadState(upload_id, repository.value, 0)
@@ -129,8 +123,7 @@ class UploadService:
         content_length: int | None,
     ) -> UploadState:
         async with self.db.read() as session:
-            row = await self._load(session, repository.value, upload_id)
-            start = row.size
+            start = await self._size(session, repository.value, upload_id)
         if chunk is not None:
             if chunk.start != start:
                 raise RangeInvalid(
@@ -172,15 +165,10 @@ class UploadService:
 
         new_size = start + written
 
-        async def work(session: DbSession) -> int:
-            result = await session.execute(
-                update(Upload)
-                .where(Upload.id == upload_id, Upload.size == start)
-                .values(size=new_size, updated_at=utcnow())
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+        async def work(session: DbSession) -> bool:
+            return await queries.grow_upload(session, upload_id, start, new_size)
 
-        if await run_write(self.db, work) != 1:
+        if not await run_write(self.db, work):
             raise BlobUploadInvalid("upload was changed concurrently; ask for its status")
         self._hashers[upload_id] = (new_size, hasher)
         return UploadState(upload_id, repository.value, new_size)
@@ -227,14 +215,30 @@ class UploadService:
         key = layout.upload_key(upload_id)
         async with self._locks.setdefault(upload_id, asyncio.Lock()):
             if state.size:
-                # Bytes past the recorded size (a PATCH cut off by a disconnect) must not
-                # be published with the blob: cut the object back to exactly that size.
-                await (await self.storage.writer(key, offset=state.size)).close()
+                await self._exact_size(repository, upload_id, key, state.size)
             hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
             if hasher.hexdigest() != digest.hex:
                 await self.cancel(repository, upload_id)
                 raise DigestInvalid(detail={"digest": str(digest)})
             return await self._publish(repository, upload_id, key, digest, state.size)
+
+    async def _exact_size(
+        self, repository: RepositoryName, upload_id: str, key: str, size: int
+    ) -> None:
+        """Make the upload object hold exactly the recorded `size` bytes before hashing."""
+        try:
+            stored = (await self.storage.stat(key)).size
+        except ObjectNotFound:
+            stored = 0
+        if stored < size:
+            # Recorded bytes are gone: a crash after the object was published under its
+            # digest but before that was recorded. They cannot be verified any more.
+            await self.cancel(repository, upload_id)
+            raise BlobUploadInvalid("the upload's bytes are lost; start the upload again")
+        if stored > size:
+            # Bytes past the recorded size (a PATCH cut off by a disconnect) must not be
+            # published with the blob: cut the object back to exactly that size.
+            await (await self.storage.writer(key, offset=size)).close()
 
     async def _publish(
         self, repository: RepositoryName, upload_id: str, key: str, digest: Digest, size: int
@@ -254,12 +258,9 @@ class UploadService:
             await self.storage.commit(key, blob_key)
 
         async def work(session: DbSession) -> None:
-            await insert_ignore(session, Blob, {"digest": str(digest), "size": size})
-            blob_id = (
-                await session.execute(select(Blob.id).where(Blob.digest == str(digest)))
-            ).scalar_one()
+            blob_id = await queries.insert_blob(session, str(digest), size)
             await link_blob(session, repository, blob_id)
-            await session.execute(delete(Upload).where(Upload.id == upload_id))
+            await queries.delete_upload(session, upload_id)
 
         await run_write(self.db, work)
         self._forget(upload_id)
@@ -271,8 +272,8 @@ class UploadService:
 
     async def cancel(self, repository: RepositoryName, upload_id: str) -> None:
         async def work(session: DbSession) -> None:
-            row = await self._load(session, repository.value, upload_id)
-            await session.delete(row)
+            await self._size(session, repository.value, upload_id)
+            await queries.delete_upload(session, upload_id)
 
         await run_write(self.db, work)
         self._forget(upload_id)
@@ -283,13 +284,9 @@ class UploadService:
         cutoff = utcnow() - max_age
 
         async def work(session: DbSession) -> list[str]:
-            ids = list(
-                (
-                    await session.execute(select(Upload.id).where(Upload.updated_at < cutoff))
-                ).scalars()
-            )
-            if ids:
-                await session.execute(delete(Upload).where(Upload.id.in_(ids)))
+            ids = await queries.stale_upload_ids(session, cutoff)
+            for upload_id in ids:
+                await queries.delete_upload(session, upload_id)
             return ids
 
         stale = await run_write(self.db, work)
@@ -297,7 +294,7 @@ class UploadService:
             self._forget(upload_id)
             await self.storage.delete(layout.upload_key(upload_id))
         async with self.db.read() as session:
-            live = set((await session.execute(select(Upload.id))).scalars())
+            live = await queries.upload_ids(session)
         orphans = 0
         async for info in self.storage.walk(layout.UPLOADS):
             name = info.key.rsplit("/", 1)[-1]

@@ -18,15 +18,17 @@ def page_size(request: Request, maximum: int) -> int:
     text = request.query_params.get("n")
     if text is None or text == "":
         return maximum
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()):  # isdigit alone accepts "²"
         raise PaginationInvalid("n must be a non-negative integer")
-    return min(int(text), maximum)
+    return maximum if len(text) > 19 else min(int(text), maximum)
 
 
 def last_param(request: Request) -> str | None:
     last = request.query_params.get("last")
     if last is not None and len(last) > 512:
         raise PaginationInvalid("last is too long")
+    if last is not None and "\x00" in last:  # in no name, and PostgreSQL text cannot hold it
+        raise PaginationInvalid("last must not contain NUL")
     return last or None
 
 
