@@ -1,9 +1,11 @@
-"""Engines and units of work, the same API on SQLite and PostgreSQL.
+"""Connections and units of work, the same API on SQLite and PostgreSQL.
 
-Services talk to a `DbSession`, whose methods are awaitable on both databases:
+Services talk to a `DbSession` that runs the hand-written statements of db/queries.py
+on the driver's own connection; SQLAlchemy's engines own the pools, the SQLite pragmas
+and the PostgreSQL connection handling (the schema itself is models.py plus Alembic).
 
-- PostgreSQL goes through SQLAlchemy's asyncio engine (psycopg 3): network round trips
-  must not block the event loop.
+- PostgreSQL goes through psycopg 3's asyncio connection: network round trips must not
+  block the event loop.
 - SQLite (the embedded default) runs on the event loop itself. A statement on a local
   WAL database takes microseconds, far less than handing it to a thread and back, which
   is what an async driver does for every call. Readers never block in WAL mode. Write
@@ -14,25 +16,36 @@ Services talk to a `DbSession`, whose methods are awaitable on both databases:
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, TypeVarTuple, overload
+from typing import Any, TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Result, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Executable
-from sqlalchemy.sql.selectable import TypedReturnsRows
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from cargohold.db.sql import Sql
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
-Ts = TypeVarTuple("Ts")
+
+# Errors that mean "a concurrent writer won": retried by run_write.
+_RETRYABLE: tuple[type[Exception], ...] = (sqlite3.IntegrityError, sqlite3.OperationalError)
+try:
+    import psycopg
+
+    _RETRYABLE += (
+        psycopg.errors.UniqueViolation,
+        psycopg.errors.DeadlockDetected,
+        psycopg.errors.SerializationFailure,
+    )
+except ImportError:  # pragma: no cover - psycopg is a dependency
+    pass
+_RETRYABLE += (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)
 
 
 def async_url(url: str) -> str:
@@ -51,30 +64,9 @@ def is_sqlite(url: str) -> bool:
 
 
 class DbSession:
-    """What services use: awaitable statements, ORM add/flush/delete, the dialect name."""
+    """Runs statements of db/queries.py inside the caller's unit of work."""
 
     dialect: str
-
-    @overload
-    async def execute(self, statement: TypedReturnsRows[*Ts]) -> Result[*Ts]: ...
-    @overload
-    async def execute(self, statement: Executable) -> Result[*tuple[Any, ...]]: ...
-    async def execute(self, statement: Executable) -> Result[*tuple[Any, ...]]:
-        raise NotImplementedError
-
-    async def scalar(self, statement: Executable) -> Any:
-        raise NotImplementedError
-
-    def add(self, instance: object) -> None:
-        raise NotImplementedError
-
-    async def flush(self) -> None:
-        raise NotImplementedError
-
-    async def delete(self, instance: object) -> None:
-        raise NotImplementedError
-
-    # Hand-written statements (db/sql.py) on the driver's cursor, in the same transaction.
 
     async def one(self, statement: Sql, **params: Any) -> Row | None:
         """The first row, or None."""
@@ -101,90 +93,45 @@ def _sqlite_params(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class InlineSession(DbSession):
-    """A synchronous session run on the event loop (SQLite)."""
-
+class SqliteSession(DbSession):
     dialect = "sqlite"
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    async def execute(self, statement: Any) -> Any:
-        return self._session.execute(statement)
-
-    async def scalar(self, statement: Executable) -> Any:
-        return self._session.scalar(statement)
-
-    def add(self, instance: object) -> None:
-        self._session.add(instance)
-
-    async def flush(self) -> None:
-        self._session.flush()
-
-    async def delete(self, instance: object) -> None:
-        self._session.delete(instance)
-
-    def _cursor(self) -> Any:
-        return self._session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
 
     async def one(self, statement: Sql, **params: Any) -> Row | None:
-        row: Row | None = (
-            self._cursor().execute(statement.sqlite, _sqlite_params(params)).fetchone()
-        )
+        row: Row | None = self._connection.execute(
+            statement.sqlite, _sqlite_params(params)
+        ).fetchone()
         return row
 
     async def all(self, statement: Sql, **params: Any) -> list[Row]:
-        rows: list[Row] = (
-            self._cursor().execute(statement.sqlite, _sqlite_params(params)).fetchall()
-        )
-        return rows
+        return self._connection.execute(statement.sqlite, _sqlite_params(params)).fetchall()
 
     async def run(self, statement: Sql, **params: Any) -> int:
-        count: int = self._cursor().execute(statement.sqlite, _sqlite_params(params)).rowcount
-        return count
+        return self._connection.execute(statement.sqlite, _sqlite_params(params)).rowcount
 
 
-class AsyncSessionAdapter(DbSession):
-    """An asyncio session (PostgreSQL)."""
-
+class PostgresSession(DbSession):
     dialect = "postgresql"
 
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def execute(self, statement: Any) -> Any:
-        return await self._session.execute(statement)
-
-    async def scalar(self, statement: Executable) -> Any:
-        return await self._session.scalar(statement)
-
-    def add(self, instance: object) -> None:
-        self._session.add(instance)
-
-    async def flush(self) -> None:
-        await self._session.flush()
-
-    async def delete(self, instance: object) -> None:
-        await self._session.delete(instance)
-
-    async def _driver(self) -> Any:
-        connection = await self._session.connection()
-        return (await connection.get_raw_connection()).driver_connection
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection  # psycopg.AsyncConnection
 
     async def one(self, statement: Sql, **params: Any) -> Row | None:
-        async with (await self._driver()).cursor() as cursor:
+        async with self._connection.cursor() as cursor:
             await cursor.execute(statement.postgres, params)
             row: Row | None = await cursor.fetchone() if cursor.description else None
             return row
 
     async def all(self, statement: Sql, **params: Any) -> list[Row]:
-        async with (await self._driver()).cursor() as cursor:
+        async with self._connection.cursor() as cursor:
             await cursor.execute(statement.postgres, params)
             rows: list[Row] = await cursor.fetchall()
             return rows
 
     async def run(self, statement: Sql, **params: Any) -> int:
-        async with (await self._driver()).cursor() as cursor:
+        async with self._connection.cursor() as cursor:
             await cursor.execute(statement.postgres, params)
             count: int = cursor.rowcount
             return count
@@ -201,7 +148,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, echo: bool) -> Engine:
+def _sqlite_engine(url: str, *, pool_size: int, echo: bool) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -209,17 +156,17 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, echo: bool) -> 
         sync_url(url),
         echo=echo,
         pool_size=pool_size,
-        max_overflow=0,
+        # Never wait for a pooled connection: a wait would block the event loop.
+        max_overflow=-1,
+        # Autocommit mode at the driver: this module issues BEGIN and COMMIT itself.
         connect_args={"isolation_level": None, "check_same_thread": False},
     )
     event.listen(engine, "connect", _sqlite_pragmas)
-    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
-
     return engine
+
+
+async def _driver(connection: AsyncConnection) -> Any:
+    return (await connection.get_raw_connection()).driver_connection
 
 
 class Database:
@@ -230,35 +177,47 @@ class Database:
         self.sqlite = is_sqlite(url)
         self._write_lock = asyncio.Lock()
         if self.sqlite:
-            self._read_engine = _sqlite_engine(url, immediate=False, pool_size=2, echo=echo)
-            self._write_engine = _sqlite_engine(url, immediate=True, pool_size=1, echo=echo)
-            self._sync_read = sessionmaker(self._read_engine, expire_on_commit=False)
-            self._sync_write = sessionmaker(self._write_engine, expire_on_commit=False)
+            # Everything runs on the event loop thread: few connections are ever in use.
+            self._read_engine = _sqlite_engine(url, pool_size=2, echo=echo)
+            self._write_engine = _sqlite_engine(url, pool_size=1, echo=echo)
         else:
             self._async_engine = create_async_engine(
                 async_url(url), echo=echo, pool_size=pool_size, max_overflow=pool_size
             )
-            self._async = async_sessionmaker(self._async_engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[DbSession]:
+        """Reads; on SQLite each statement sees the latest committed state."""
         if self.sqlite:
-            with self._sync_read() as session:
-                yield InlineSession(session)
+            raw = self._read_engine.raw_connection()
+            try:
+                yield SqliteSession(raw.driver_connection)  # type: ignore[arg-type]
+            finally:
+                raw.close()
         else:
-            async with self._async() as async_session:
-                yield AsyncSessionAdapter(async_session)
+            async with self._async_engine.connect() as connection:
+                yield PostgresSession(await _driver(connection))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[DbSession]:
         """A transaction that commits when the block ends without an exception."""
         if self.sqlite:
             async with self._write_lock:
-                with self._sync_write() as session, session.begin():
-                    yield InlineSession(session)
+                raw = self._write_engine.raw_connection()
+                connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield SqliteSession(connection)
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
+                    connection.execute("COMMIT")
+                finally:
+                    raw.close()
         else:
-            async with self._async() as async_session, async_session.begin():
-                yield AsyncSessionAdapter(async_session)
+            async with self._async_engine.begin() as async_connection:
+                yield PostgresSession(await _driver(async_connection))
 
     async def dispose(self) -> None:
         if self.sqlite:
@@ -277,7 +236,7 @@ async def run_write(
         try:
             async with db.write() as session:
                 return await work(session)
-        except (IntegrityError, OperationalError):
+        except _RETRYABLE:
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
