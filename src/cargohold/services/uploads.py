@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -63,7 +64,9 @@ class UploadService:
         # The running sha256 of each upload this process wrote last, keyed by id, with the
         # size it covers. Another process (or a restart) rebuilds it from the bytes.
         self._hashers: dict[str, tuple[int, Hasher]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Per-upload locks, dropped when nobody holds or waits for them: a client sending
+        # requests for made-up upload ids must not grow this table.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -108,7 +111,8 @@ class UploadService:
     ) -> UploadState:
         # One writer at a time per upload in this process; the conditional UPDATE below
         # catches a second writer in another process.
-        async with self._locks.setdefault(upload_id, asyncio.Lock()):
+        await self.status(repository, upload_id)  # unknown uploads never get a lock
+        async with self._upload_lock(upload_id):
             return await self._append_locked(
                 repository, upload_id, body, chunk=chunk, content_length=content_length
             )
@@ -138,6 +142,8 @@ class UploadService:
             raise SizeInvalid(f"blob larger than {self.max_blob_bytes} bytes")
 
         key = layout.upload_key(upload_id)
+        if start:
+            await self._exact_size(repository, upload_id, key, start)
         hasher = await self._hasher(upload_id, key, start)
         self._hashers.pop(upload_id, None)  # invalid until this append is recorded
         writer = await self.storage.writer(key, offset=start)
@@ -213,7 +219,7 @@ class UploadService:
             else:
                 state = await self.status(repository, upload_id)
         key = layout.upload_key(upload_id)
-        async with self._locks.setdefault(upload_id, asyncio.Lock()):
+        async with self._upload_lock(upload_id):
             if state.size:
                 await self._exact_size(repository, upload_id, key, state.size)
             hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
@@ -266,9 +272,22 @@ class UploadService:
         self._forget(upload_id)
         return BlobInfo(digest, size)
 
+    @asynccontextmanager
+    async def _upload_lock(self, upload_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(upload_id, (asyncio.Lock(), 0))
+        self._locks[upload_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[upload_id]
+            if users == 1:
+                del self._locks[upload_id]
+            else:
+                self._locks[upload_id] = (lock, users - 1)
+
     def _forget(self, upload_id: str) -> None:
         self._hashers.pop(upload_id, None)
-        self._locks.pop(upload_id, None)
 
     async def cancel(self, repository: RepositoryName, upload_id: str) -> None:
         async def work(session: DbSession) -> None:
