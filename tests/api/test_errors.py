@@ -35,7 +35,9 @@ SPEC_CODES = {
     "UNSUPPORTED",
     "TOOMANYREQUESTS",
 }
-EXTENSION_CODES = {"TAG_INVALID", "PAGINATION_NUMBER_INVALID"}
+# Codes outside the specification's table, kept for clarity (docs/protocol.md): Docker's
+# TAG_INVALID and PAGINATION_NUMBER_INVALID, and RANGE_INVALID for an unsatisfiable Range.
+EXTENSION_CODES = {"TAG_INVALID", "PAGINATION_NUMBER_INVALID", "RANGE_INVALID"}
 
 
 def asserted_errors() -> set[tuple[int, str]]:

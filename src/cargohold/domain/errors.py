@@ -30,6 +30,14 @@ class RangeInvalid(BlobUploadInvalid):
         self.size = size
 
 
+class RangeNotSatisfiable(RegistryError):
+    """requested range is not satisfiable"""
+
+    def __init__(self, message: str = "", detail: Any = None, *, size: int = 0) -> None:
+        super().__init__(message, detail)
+        self.size = size
+
+
 class BlobUploadUnknown(RegistryError):
     """blob upload unknown to registry"""
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from cargohold.domain.digests import parse_digest
-from cargohold.web.registry.errors import error_response
-from cargohold.web.registry.responses import BlobResponse, RangeNotSatisfiable, parse_range
+from cargohold.web.registry.responses import BlobResponse, parse_range
 from cargohold.web.registry.router import Call
 
 
@@ -19,15 +18,7 @@ async def get_blob(call: Call) -> Response:
         "ETag": f'"{digest}"',
         "Cache-Control": "max-age=31536000",
     }
-    try:
-        byte_range = parse_range(call.request.headers.get("range"), blob.size)
-    except RangeNotSatisfiable:
-        return error_response(
-            416,
-            "RANGE_INVALID",
-            "requested range is not satisfiable",
-            headers={"Content-Range": f"bytes */{blob.size}"},
-        )
+    byte_range = parse_range(call.request.headers.get("range"), blob.size)
     send_body = call.request.method == "GET"
     storage = call.runtime.storage
     path = storage.local_path(blob.key) if send_body else None

@@ -11,6 +11,7 @@ from cargohold.domain import errors as e
 # Most specific classes first: the first isinstance match wins.
 ERROR_TABLE: tuple[tuple[type[e.RegistryError], int, str], ...] = (
     (e.RangeInvalid, 416, "BLOB_UPLOAD_INVALID"),
+    (e.RangeNotSatisfiable, 416, "RANGE_INVALID"),
     (e.BlobUploadInvalid, 400, "BLOB_UPLOAD_INVALID"),
     (e.BlobUnknown, 404, "BLOB_UNKNOWN"),
     (e.BlobUploadUnknown, 404, "BLOB_UPLOAD_UNKNOWN"),
@@ -58,5 +59,7 @@ def to_response(exc: e.RegistryError) -> Response:
             headers: dict[str, str] = {}
             if isinstance(exc, e.RangeInvalid):
                 headers["Range"] = f"0-{max(exc.size - 1, 0)}"
+            elif isinstance(exc, e.RangeNotSatisfiable):
+                headers["Content-Range"] = f"bytes */{exc.size}"
             return error_response(status, code, exc.message, exc.detail, headers)
     return error_response(500, "UNKNOWN", "unknown error")

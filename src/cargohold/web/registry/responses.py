@@ -12,12 +12,10 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from cargohold.domain.errors import RangeNotSatisfiable
+
 CHUNK = 1 << 20
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
-
-
-class RangeNotSatisfiable(Exception):
-    pass
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -36,12 +34,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "":  # suffix range: the last N bytes
         n = int(last)
         if n == 0 or size == 0:
-            raise RangeNotSatisfiable
+            raise RangeNotSatisfiable(size=size)
         return max(size - n, 0), size - 1
     start = int(first)
     end = size - 1 if last == "" else min(int(last), size - 1)
     if start >= size or end < start:
-        raise RangeNotSatisfiable
+        raise RangeNotSatisfiable(size=size)
     return start, end
 
 
