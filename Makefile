@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: help run test check fmt migrate bench bench-quick system-deps clean
+.PHONY: help run test check fmt migrate bench bench-scale bench-memory bench-quick system-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,12 @@ migrate: $(STAMP) ## bring the database schema up to date
 
 bench: $(STAMP) system-deps ## benchmark against CNCF Distribution; writes docs/benchmarks.md
 	$(BIN)/python bench/compare.py
+
+bench-scale: $(STAMP) ## tags/catalog pages at scale (SQLite and PostgreSQL); writes docs/benchmarks-scale.md
+	$(BIN)/python bench/scale.py --database sqlite --database postgresql://postgres@127.0.0.1:5432/postgres
+
+bench-memory: $(STAMP) ## server memory while pushing and pulling a 4 GiB blob; writes docs/benchmarks-memory.md
+	$(BIN)/python bench/memory.py
 
 bench-quick: $(STAMP) system-deps ## a short benchmark run that checks the harness works
 	$(BIN)/python bench/compare.py --quick

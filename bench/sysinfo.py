@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import platform
 import subprocess
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +31,23 @@ class Environment:
     versions: dict[str, str] = field(default_factory=dict)
 
 
-def _run(argv: list[str], cwd: Path | None = None, any_exit_code: bool = False) -> str | None:
+def _run(
+    argv: list[str],
+    cwd: Path | None = None,
+    any_exit_code: bool = False,
+    env: dict[str, str] | None = None,
+) -> str | None:
     """stdout+stderr of a short command, or None when it cannot run or fails."""
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=cwd, check=False)
+        res = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=cwd,
+            check=False,
+            env={**os.environ, **env} if env else None,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (res.stdout + res.stderr).strip() if res.returncode == 0 or any_exit_code else None
@@ -120,6 +135,59 @@ def tool_versions(
         )
     versions["repository"] = f"git {git_revision(repo)}"
     return versions
+
+
+def source_fingerprint(repo: Path) -> str:
+    """sha256 (12 hex digits) over the paths and contents of src/**/*.py: taken at the start
+    and the end of a run, it tells whether the code under test changed while it ran."""
+    h = hashlib.sha256()
+    for path in sorted((repo / "src").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def export_source(
+    repo: Path, rev: str, dest: Path, venv_python: Path
+) -> tuple[str, dict[str, str]]:
+    """Unpack src/ of commit `rev` into dest (read-only for the repository: git archive),
+    for benchmarking a commit while the work tree changes. Returns the commit's short id
+    and the environment that makes the venv's `cargohold` import that copy (the editable
+    install is a plain .pth path entry, which PYTHONPATH precedes)."""
+    sha = _run(["git", "--no-optional-locks", "rev-parse", "--verify", f"{rev}^{{commit}}"], repo)
+    if sha is None:
+        raise ValueError(f"{rev!r} is not a commit of {repo}")
+    res = subprocess.run(
+        ["git", "--no-optional-locks", "archive", "--format=tar", sha, "src"],
+        cwd=repo,
+        capture_output=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise ValueError(f"git archive {sha[:12]} src failed: {res.stderr.decode()[-300:]}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    env = {"PYTHONPATH": str(dest / "src")}
+    where = _run(
+        [str(venv_python), "-c", "import cargohold; print(cargohold.__file__)"],
+        any_exit_code=True,
+        env=env,
+    )
+    if not where or not where.startswith(str(dest / "src")):
+        raise ValueError(f"the venv does not import cargohold from the copy: {where}")
+    return sha[:12], env
+
+
+def cargohold_version(venv_python: Path) -> str:
+    """`0.1.0 (Python 3.11.7)` for the cargohold installed in that interpreter's venv."""
+    code = (
+        "import importlib.metadata as m, platform; "
+        "print(m.version('cargohold'), platform.python_version())"
+    )
+    out = _run([str(venv_python), "-c", code])
+    parts = out.split() if out else []
+    return f"{parts[0]} (Python {parts[1]})" if len(parts) >= 2 else "unknown version"
 
 
 def collect(data_dir: Path) -> Environment:

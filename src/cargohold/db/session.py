@@ -184,10 +184,18 @@ class Database:
             self._async_engine = create_async_engine(
                 async_url(url), echo=echo, pool_size=pool_size, max_overflow=pool_size
             )
+            # Reads run in autocommit: no BEGIN and ROLLBACK round trips around a SELECT.
+            self._read_async_engine = create_async_engine(
+                async_url(url),
+                echo=echo,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                isolation_level="AUTOCOMMIT",
+            )
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[DbSession]:
-        """Reads; on SQLite each statement sees the latest committed state."""
+        """Reads, in autocommit: each statement sees the latest committed state."""
         if self.sqlite:
             raw = self._read_engine.raw_connection()
             try:
@@ -195,7 +203,7 @@ class Database:
             finally:
                 raw.close()
         else:
-            async with self._async_engine.connect() as connection:
+            async with self._read_async_engine.connect() as connection:
                 yield PostgresSession(await _driver(connection))
 
     @asynccontextmanager
@@ -225,6 +233,7 @@ class Database:
             self._write_engine.dispose()
         else:
             await self._async_engine.dispose()
+            await self._read_async_engine.dispose()
 
 
 async def run_write(

@@ -14,6 +14,7 @@ from cargohold.db.session import Database
 from cargohold.domain.digests import Digest
 from cargohold.domain.errors import NameUnknown
 from cargohold.domain.names import RepositoryName
+from cargohold.services.cache import MetadataCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +32,18 @@ def _page(rows: list[str], n: int) -> Page:
 
 
 class ListingService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: MetadataCache) -> None:
         self.db = db
+        self.cache = cache
 
     async def tags(self, repository: RepositoryName, n: int, last: str | None) -> Page:
         async with self.db.read() as session:
-            repo_id = await queries.repository_id(session, repository.value)
+            repo_id = self.cache.repository_id(repository.value)
             if repo_id is None:
-                raise NameUnknown(detail={"name": repository.value})
+                repo_id = await queries.repository_id(session, repository.value)
+                if repo_id is None:
+                    raise NameUnknown(detail={"name": repository.value})
+                self.cache.remember_repository(repository.value, repo_id)
             if n == 0:
                 return Page([], False)
             return _page(await queries.tags_page(session, repo_id, last or "", n + 1), n)

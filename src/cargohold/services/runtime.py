@@ -39,7 +39,7 @@ class Runtime:
             blobs=BlobService(db, cache),
             uploads=UploadService(db, storage, max_blob_bytes=reg.max_blob_bytes),
             manifests=ManifestService(db, cache, max_manifest_bytes=reg.max_manifest_bytes),
-            listings=ListingService(db),
+            listings=ListingService(db, cache),
             cache=cache,
         )
 
