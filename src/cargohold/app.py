@@ -35,15 +35,16 @@ def build_runtime(settings: Settings) -> Runtime:
 def _scheduler(runtime: Runtime) -> Scheduler:
     reg = runtime.settings.registry
     max_age = timedelta(seconds=reg.upload_max_age_seconds)
-    return Scheduler(
-        [
-            Periodic(
-                "purge-stale-uploads",
-                reg.upload_purge_interval_seconds,
-                lambda: runtime.uploads.purge_stale(max_age),
-            )
-        ]
-    )
+    tasks = [
+        Periodic(
+            "purge-stale-uploads",
+            reg.upload_purge_interval_seconds,
+            lambda: runtime.uploads.purge_stale(max_age),
+        )
+    ]
+    if runtime.db.sqlite:
+        tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
+    return Scheduler(tasks)
 
 
 async def _home(request: Request) -> Response:

@@ -145,6 +145,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # Checkpoints (which fsync the database file) run in a thread, not inside a COMMIT on
+    # the event loop: see Database.checkpoint.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
@@ -177,9 +180,14 @@ class Database:
         self.sqlite = is_sqlite(url)
         self._write_lock = asyncio.Lock()
         if self.sqlite:
-            # Everything runs on the event loop thread: few connections are ever in use.
-            self._read_engine = _sqlite_engine(url, pool_size=2, echo=echo)
+            # Statements run on the event loop thread: one connection reads (autocommit, so
+            # interleaved readers never share a transaction), one writes (under the lock).
+            # Both stay open: checking them out of a pool per unit of work costs more than
+            # a typical SELECT.
+            self._read_engine = _sqlite_engine(url, pool_size=1, echo=echo)
             self._write_engine = _sqlite_engine(url, pool_size=1, echo=echo)
+            self._reader: Any = None
+            self._writer: Any = None
         else:
             self._async_engine = create_async_engine(
                 async_url(url), echo=echo, pool_size=pool_size, max_overflow=pool_size
@@ -197,11 +205,9 @@ class Database:
     async def read(self) -> AsyncIterator[DbSession]:
         """Reads, in autocommit: each statement sees the latest committed state."""
         if self.sqlite:
-            raw = self._read_engine.raw_connection()
-            try:
-                yield SqliteSession(raw.driver_connection)  # type: ignore[arg-type]
-            finally:
-                raw.close()
+            if self._reader is None:
+                self._reader = self._read_engine.raw_connection()
+            yield SqliteSession(self._reader.driver_connection)
         else:
             async with self._read_async_engine.connect() as connection:
                 yield PostgresSession(await _driver(connection))
@@ -211,24 +217,39 @@ class Database:
         """A transaction that commits when the block ends without an exception."""
         if self.sqlite:
             async with self._write_lock:
-                raw = self._write_engine.raw_connection()
-                connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+                if self._writer is None:
+                    self._writer = self._write_engine.raw_connection()
+                connection: sqlite3.Connection = self._writer.driver_connection
+                connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield SqliteSession(connection)
-                    except BaseException:
-                        connection.execute("ROLLBACK")
-                        raise
-                    connection.execute("COMMIT")
-                finally:
-                    raw.close()
+                    yield SqliteSession(connection)
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
         else:
             async with self._async_engine.begin() as async_connection:
                 yield PostgresSession(await _driver(async_connection))
 
+    async def checkpoint(self) -> None:
+        """Copy the SQLite write-ahead log into the database file, in a thread."""
+        if self.sqlite:
+            await asyncio.to_thread(self._checkpoint_sync, "PASSIVE")
+
+    def _checkpoint_sync(self, mode: str) -> None:
+        raw = self._read_engine.raw_connection()
+        try:
+            raw.driver_connection.execute(f"PRAGMA wal_checkpoint({mode})")  # type: ignore[union-attr]
+        finally:
+            raw.close()
+
     async def dispose(self) -> None:
         if self.sqlite:
+            for held in (self._reader, self._writer):
+                if held is not None:
+                    held.close()
+            self._reader = self._writer = None
+            await asyncio.to_thread(self._checkpoint_sync, "TRUNCATE")
             self._read_engine.dispose()
             self._write_engine.dispose()
         else:

@@ -149,19 +149,22 @@ class UploadService:
         writer = await self.storage.writer(key, offset=start)
         written = 0
         try:
-            buffer = bytearray()
+            pieces: list[bytes] = []
+            buffered = 0
             async for data in body:
                 written += len(data)
                 if start + written > self.max_blob_bytes:
                     raise SizeInvalid(f"blob larger than {self.max_blob_bytes} bytes")
                 if expected is not None and written > expected:
                     raise SizeInvalid("body longer than declared")
-                buffer += data
-                if len(buffer) >= WRITE_BUFFER:
-                    await self._write(writer, hasher, bytes(buffer))
-                    buffer.clear()
-            if buffer:
-                await self._write(writer, hasher, bytes(buffer))
+                pieces.append(data)
+                buffered += len(data)
+                if buffered >= WRITE_BUFFER:  # one copy per MiB, not one per piece
+                    await self._write(writer, hasher, b"".join(pieces))
+                    pieces.clear()
+                    buffered = 0
+            if pieces:
+                await self._write(writer, hasher, b"".join(pieces))
         finally:
             await writer.close()
         if expected is not None and written != expected:

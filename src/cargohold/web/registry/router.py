@@ -51,10 +51,13 @@ class Route:
     pattern: re.Pattern[str]
     action: Action | None  # None: no authorization needed (the API version check)
     handler: Handler
+    marker: str  # a literal every matching path contains: a cheap test before the regex
 
 
-def route(methods: str, pattern: str, action: Action | None, handler: Handler) -> Route:
-    return Route(frozenset(methods.split(",")), re.compile(pattern), action, handler)
+def route(
+    methods: str, pattern: str, action: Action | None, handler: Handler, marker: str = ""
+) -> Route:
+    return Route(frozenset(methods.split(",")), re.compile(pattern), action, handler, marker)
 
 
 class Router:
@@ -64,6 +67,8 @@ class Router:
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         path_matched = False
         for r in self.routes:
+            if r.marker not in path:
+                continue
             m = r.pattern.fullmatch(path)
             if m is None:
                 continue

@@ -11,21 +11,22 @@ DIGEST = r"(?P<digest>[^/]+)"
 UPLOAD = r"(?P<upload>[^/]+)"
 REFERENCE = r"(?P<reference>[^/]+)"
 
+M, B, U = "/manifests/", "/blobs/", "/blobs/uploads"
 ROUTES = [
     route("GET,HEAD", r"/v2/?", None, listings.api_version),
-    route("GET", r"/v2/_catalog", Action.CATALOG, listings.catalog),
-    route("GET", rf"/v2/{NAME}/tags/list", Action.PULL, listings.list_tags),
-    route("GET,HEAD", rf"/v2/{NAME}/manifests/{REFERENCE}", Action.PULL, manifests.get_manifest),
-    route("PUT", rf"/v2/{NAME}/manifests/{REFERENCE}", Action.PUSH, manifests.put_manifest),
-    route("DELETE", rf"/v2/{NAME}/manifests/{REFERENCE}", Action.DELETE, manifests.delete_manifest),
-    route("POST", rf"/v2/{NAME}/blobs/uploads/?", Action.PUSH, uploads.start_upload),
-    route("GET", rf"/v2/{NAME}/blobs/uploads/{UPLOAD}", Action.PUSH, uploads.upload_status),
-    route("PATCH", rf"/v2/{NAME}/blobs/uploads/{UPLOAD}", Action.PUSH, uploads.patch_upload),
-    route("PUT", rf"/v2/{NAME}/blobs/uploads/{UPLOAD}", Action.PUSH, uploads.finish_upload),
-    route("DELETE", rf"/v2/{NAME}/blobs/uploads/{UPLOAD}", Action.PUSH, uploads.cancel_upload),
-    route("GET,HEAD", rf"/v2/{NAME}/blobs/{DIGEST}", Action.PULL, blobs.get_blob),
-    route("DELETE", rf"/v2/{NAME}/blobs/{DIGEST}", Action.DELETE, blobs.delete_blob),
-    route("GET", rf"/v2/{NAME}/referrers/{DIGEST}", Action.PULL, listings.referrers),
+    route("GET", r"/v2/_catalog", Action.CATALOG, listings.catalog, "_catalog"),
+    route("GET", rf"/v2/{NAME}/tags/list", Action.PULL, listings.list_tags, "/tags/list"),
+    route("GET,HEAD", rf"/v2/{NAME}{M}{REFERENCE}", Action.PULL, manifests.get_manifest, M),
+    route("PUT", rf"/v2/{NAME}{M}{REFERENCE}", Action.PUSH, manifests.put_manifest, M),
+    route("DELETE", rf"/v2/{NAME}{M}{REFERENCE}", Action.DELETE, manifests.delete_manifest, M),
+    route("POST", rf"/v2/{NAME}{U}/?", Action.PUSH, uploads.start_upload, U),
+    route("GET", rf"/v2/{NAME}{U}/{UPLOAD}", Action.PUSH, uploads.upload_status, U),
+    route("PATCH", rf"/v2/{NAME}{U}/{UPLOAD}", Action.PUSH, uploads.patch_upload, U),
+    route("PUT", rf"/v2/{NAME}{U}/{UPLOAD}", Action.PUSH, uploads.finish_upload, U),
+    route("DELETE", rf"/v2/{NAME}{U}/{UPLOAD}", Action.PUSH, uploads.cancel_upload, U),
+    route("GET,HEAD", rf"/v2/{NAME}{B}{DIGEST}", Action.PULL, blobs.get_blob, B),
+    route("DELETE", rf"/v2/{NAME}{B}{DIGEST}", Action.DELETE, blobs.delete_blob, B),
+    route("GET", rf"/v2/{NAME}/referrers/{DIGEST}", Action.PULL, listings.referrers, "/referrers/"),
 ]
 
 router = Router(ROUTES)
