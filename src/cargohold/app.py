@@ -27,7 +27,10 @@ CONFIG_ENV = "CARGOHOLD_CONFIG_FILE"
 
 def build_runtime(settings: Settings) -> Runtime:
     db = Database(
-        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
+        settings.database.url,
+        pool_size=settings.database.pool_size,
+        echo=settings.database.echo,
+        synchronous=settings.database.sqlite_synchronous,
     )
     return Runtime.build(settings, db, build_driver(settings))
 

@@ -38,6 +38,9 @@ class DatabaseSettings(_Strict):
     url: str = ""
     pool_size: int = Field(10, ge=1, le=200)
     echo: bool = False
+    # SQLite only. "normal": a commit survives the process being killed; "full": it also
+    # survives power loss (an fsync per commit, run off the event loop).
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
 
 
 class FilesystemStorageSettings(_Strict):
@@ -55,6 +58,9 @@ class RegistrySettings(_Strict):
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_blob_bytes: int = Field(64 * 1024**3, ge=1)
     max_page_size: int = Field(1000, ge=1, le=100_000)
+    # tags/list without `n` answers the whole list up to this many tags (as Distribution
+    # does, and as clients that never follow Link headers expect), then pages.
+    max_tag_list: int = Field(100_000, ge=1, le=1_000_000)
     upload_max_age_seconds: int = Field(24 * 3600, ge=1)
     upload_purge_interval_seconds: int = Field(3600, ge=1)
 

@@ -122,6 +122,20 @@ def test_a_huge_n_is_clamped_to_the_page_size(tight_client: httpx.Client, n: str
     assert _link_n(r) == TIGHT_PAGE
 
 
+def test_without_n_tags_come_whole_and_the_catalog_in_pages(tight_client: httpx.Client) -> None:
+    # The whole tag list up to registry.max_tag_list, as clients that never follow Link expect.
+    repo = unique_repo("whole")
+    image = make_image()
+    for i in range(TIGHT_PAGE + 2):
+        push_image(tight_client, repo, image, f"v{i}")
+    r = tight_client.get(f"/v2/{repo}/tags/list")
+    assert r.json()["tags"] == [f"v{i}" for i in range(TIGHT_PAGE + 2)]
+    assert "link" not in r.headers
+    r = tight_client.get("/v2/_catalog")
+    assert len(r.json()["repositories"]) == TIGHT_PAGE
+    assert _link_n(r) == TIGHT_PAGE
+
+
 @pytest.mark.parametrize("n", ["1000000000", "9" * 40])
 def test_a_huge_n_is_answered_on_both_databases(client: httpx.Client, n: str) -> None:
     repo = unique_repo("hugen")

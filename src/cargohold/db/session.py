@@ -137,12 +137,12 @@ class PostgresSession(DbSession):
             return count
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives a crash of the process (the test suite kills
-    # the server with SIGKILL); FULL would also fsync for power loss (docs/perf/README.md).
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # the server with SIGKILL); FULL also fsyncs the log at each commit, for power loss.
+    cursor.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     # Checkpoints (which fsync the database file) run in a thread, not inside a COMMIT on
@@ -151,7 +151,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_engine(url: str, *, pool_size: int, echo: bool) -> Engine:
+def _sqlite_engine(url: str, *, pool_size: int, echo: bool, synchronous: str) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def _sqlite_engine(url: str, *, pool_size: int, echo: bool) -> Engine:
         # Autocommit mode at the driver: this module issues BEGIN and COMMIT itself.
         connect_args={"isolation_level": None, "check_same_thread": False},
     )
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", lambda conn, _record: _sqlite_pragmas(conn, synchronous))
     return engine
 
 
@@ -175,17 +175,23 @@ async def _driver(connection: AsyncConnection) -> Any:
 class Database:
     """Owns the engines; hands out read and write units of work."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, echo: bool = False, synchronous: str = "normal"
+    ) -> None:
         self.url = url
         self.sqlite = is_sqlite(url)
+        # With an fsync per commit, COMMIT runs in a thread so the loop keeps serving.
+        self._commit_in_thread = synchronous == "full"
         self._write_lock = asyncio.Lock()
         if self.sqlite:
             # Statements run on the event loop thread: one connection reads (autocommit, so
             # interleaved readers never share a transaction), one writes (under the lock).
             # Both stay open: checking them out of a pool per unit of work costs more than
             # a typical SELECT.
-            self._read_engine = _sqlite_engine(url, pool_size=1, echo=echo)
-            self._write_engine = _sqlite_engine(url, pool_size=1, echo=echo)
+            self._read_engine = _sqlite_engine(url, pool_size=1, echo=echo, synchronous=synchronous)
+            self._write_engine = _sqlite_engine(
+                url, pool_size=1, echo=echo, synchronous=synchronous
+            )
             self._reader: Any = None
             self._writer: Any = None
         else:
@@ -226,7 +232,10 @@ class Database:
                 except BaseException:
                     connection.execute("ROLLBACK")
                     raise
-                connection.execute("COMMIT")
+                if self._commit_in_thread:
+                    await asyncio.to_thread(connection.execute, "COMMIT")
+                else:
+                    connection.execute("COMMIT")
         else:
             async with self._async_engine.begin() as async_connection:
                 yield PostgresSession(await _driver(async_connection))

@@ -25,7 +25,8 @@ async def api_version(call: Call) -> Response:
 
 
 async def list_tags(call: Call) -> Response:
-    n = page_size(call.request, call.runtime.settings.registry.max_page_size)
+    reg = call.runtime.settings.registry
+    n = page_size(call.request, reg.max_page_size, default=reg.max_tag_list)
     page = await call.runtime.listings.tags(call.repo, n, last_param(call.request))
     link = None
     if page.has_more and page.last:

@@ -13,11 +13,12 @@ from cargohold.services.uploads import ChunkRange
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
 
 
-def page_size(request: Request, maximum: int) -> int:
-    """`n` from the query, clamped to `maximum` (a huge `n` is not an error)."""
+def page_size(request: Request, maximum: int, default: int | None = None) -> int:
+    """`n` from the query, clamped to `maximum` (a huge `n` is not an error); without `n`,
+    `default` (or `maximum`)."""
     text = request.query_params.get("n")
     if text is None or text == "":
-        return maximum
+        return maximum if default is None else default
     if not (text.isascii() and text.isdigit()):  # isdigit alone accepts "²"
         raise PaginationInvalid("n must be a non-negative integer")
     return maximum if len(text) > 19 else min(int(text), maximum)
