@@ -108,13 +108,22 @@ class UploadService:
         *,
         chunk: ChunkRange | None = None,
         content_length: int | None = None,
+        record: bool = True,
     ) -> UploadState:
+        """Write more bytes. `record=False` (the last bytes of a finishing PUT) leaves the
+        recorded size alone: publishing deletes the session anyway, and until then the
+        unrecorded bytes count for nothing, as after a cut-off PATCH."""
         # One writer at a time per upload in this process; the conditional UPDATE below
         # catches a second writer in another process.
         await self.status(repository, upload_id)  # unknown uploads never get a lock
         async with self._upload_lock(upload_id):
             return await self._append_locked(
-                repository, upload_id, body, chunk=chunk, content_length=content_length
+                repository,
+                upload_id,
+                body,
+                chunk=chunk,
+                content_length=content_length,
+                record=record,
             )
 
     async def _append_locked(
@@ -125,6 +134,7 @@ class UploadService:
         *,
         chunk: ChunkRange | None,
         content_length: int | None,
+        record: bool,
     ) -> UploadState:
         async with self.db.read() as session:
             start = await self._size(session, repository.value, upload_id)
@@ -177,7 +187,7 @@ class UploadService:
         async def work(session: DbSession) -> bool:
             return await queries.grow_upload(session, upload_id, start, new_size)
 
-        if not await run_write(self.db, work):
+        if record and not await run_write(self.db, work):
             raise BlobUploadInvalid("upload was changed concurrently; ask for its status")
         self._hashers[upload_id] = (new_size, hasher)
         return UploadState(upload_id, repository.value, new_size)
@@ -212,12 +222,19 @@ class UploadService:
         """Append the final bytes (if any), verify the digest, and publish the blob."""
         if chunk is not None or content_length:
             state = await self.append(
-                repository, upload_id, body, chunk=chunk, content_length=content_length
+                repository,
+                upload_id,
+                body,
+                chunk=chunk,
+                content_length=content_length,
+                record=False,
             )
         else:
             async for data in body:  # a body without Content-Length (chunked encoding)
                 if data:
-                    state = await self.append(repository, upload_id, _prepend(data, body))
+                    state = await self.append(
+                        repository, upload_id, _prepend(data, body), record=False
+                    )
                     break
             else:
                 state = await self.status(repository, upload_id)
