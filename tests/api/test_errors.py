@@ -10,34 +10,12 @@ import httpx
 
 from cargohold.web.registry.errors import ERROR_TABLE
 from tests.api.helpers import API_VERSION, assert_error
-from tests.support.oci import sha256, unique_repo
+from tests.support.oci import EXTENSION_CODES, SPEC_CODES, sha256, unique_repo
 
 HERE = Path(__file__).parent
 
 # Authentication and rate limits arrive later; nothing can provoke these yet.
 NOT_YET_REACHABLE = {(401, "UNAUTHORIZED"), (403, "DENIED"), (429, "TOOMANYREQUESTS")}
-
-# distribution-spec 1.1, "Error Codes", plus two codes of the Docker Registry API that
-# clients know: a bad tag in the URL and a bad `n`.
-SPEC_CODES = {
-    "BLOB_UNKNOWN",
-    "BLOB_UPLOAD_INVALID",
-    "BLOB_UPLOAD_UNKNOWN",
-    "DIGEST_INVALID",
-    "MANIFEST_BLOB_UNKNOWN",
-    "MANIFEST_INVALID",
-    "MANIFEST_UNKNOWN",
-    "NAME_INVALID",
-    "NAME_UNKNOWN",
-    "SIZE_INVALID",
-    "UNAUTHORIZED",
-    "DENIED",
-    "UNSUPPORTED",
-    "TOOMANYREQUESTS",
-}
-# Codes outside the specification's table, kept for clarity (docs/protocol.md): Docker's
-# TAG_INVALID and PAGINATION_NUMBER_INVALID, and RANGE_INVALID for an unsatisfiable Range.
-EXTENSION_CODES = {"TAG_INVALID", "PAGINATION_NUMBER_INVALID", "RANGE_INVALID"}
 
 
 def asserted_errors() -> set[tuple[int, str]]:

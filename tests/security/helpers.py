@@ -18,30 +18,9 @@ from pathlib import Path
 
 import httpx
 
-# Codes of the OCI distribution spec, plus the two this server adds: NOT_FOUND for a path
-# that is no endpoint and RANGE_INVALID for an unsatisfiable blob Range.
-OCI_CODES = frozenset(
-    {
-        "BLOB_UNKNOWN",
-        "BLOB_UPLOAD_INVALID",
-        "BLOB_UPLOAD_UNKNOWN",
-        "DIGEST_INVALID",
-        "MANIFEST_BLOB_UNKNOWN",
-        "MANIFEST_INVALID",
-        "MANIFEST_UNKNOWN",
-        "NAME_INVALID",
-        "NAME_UNKNOWN",
-        "SIZE_INVALID",
-        "UNAUTHORIZED",
-        "DENIED",
-        "UNSUPPORTED",
-        "TOOMANYREQUESTS",
-        "PAGINATION_NUMBER_INVALID",
-        "TAG_INVALID",
-        "NOT_FOUND",
-        "RANGE_INVALID",
-    }
-)
+from tests.support.oci import ALL_CODES
+
+OCI_CODES = ALL_CODES  # every code a 4xx of this server may carry
 
 HEX_LENGTH = {"sha256": 64, "sha512": 128}
 DB_FILES = {"cargohold.db", "cargohold.db-wal", "cargohold.db-shm", "cargohold.db-journal"}

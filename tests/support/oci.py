@@ -22,6 +22,32 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
+# The error codes of distribution-spec 1.1 ("Error Codes"), and the ones cargohold adds where
+# that table has none that fits (docs/protocol.md): Docker's TAG_INVALID and
+# PAGINATION_NUMBER_INVALID, RANGE_INVALID for an unsatisfiable blob Range, and NOT_FOUND
+# for a path under /v2 that is no endpoint.
+SPEC_CODES = frozenset(
+    {
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "SIZE_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+    }
+)
+EXTENSION_CODES = frozenset({"TAG_INVALID", "PAGINATION_NUMBER_INVALID", "RANGE_INVALID"})
+ALL_CODES = SPEC_CODES | EXTENSION_CODES | {"NOT_FOUND"}
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
