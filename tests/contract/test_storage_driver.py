@@ -104,3 +104,30 @@ def test_filesystem_paths_stay_under_the_root(tmp_path: Path) -> None:
     path = driver.local_path("blobs/sha256/ab/abcd")
     assert path is not None and path.is_relative_to(tmp_path / "root")
     assert MemoryDriver().local_path("blobs/x") is None
+
+
+async def test_exclusive_is_a_context(driver: StorageDriver) -> None:
+    async with driver.exclusive("uploads/u3"):
+        await driver.put_bytes("uploads/u3", b"held")
+    assert await driver.get_bytes("uploads/u3") == b"held"
+
+
+async def test_filesystem_exclusive_keeps_other_processes_out(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    driver = FilesystemDriver(tmp_path / "root")
+    async with driver.exclusive("uploads/u4"):
+        path = driver.local_path("uploads/u4")
+        assert path is not None
+        fd = os.open(path, os.O_RDWR)  # another open file, as another process has
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once released
+    finally:
+        os.close(fd)

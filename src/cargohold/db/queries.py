@@ -76,6 +76,7 @@ LINKED_BLOB = sql(
        JOIN repository r ON r.id = rb.repository_id
        WHERE r.name = :repository AND b.digest = :digest"""
 )
+LINKED_BLOB_FOR_UPDATE = Sql(LINKED_BLOB.sqlite, LINKED_BLOB.postgres + " FOR UPDATE OF rb")
 INSERT_BLOB = sql(
     "INSERT INTO blob (digest, size, created_at) VALUES (:digest, :size, :now) "
     "ON CONFLICT DO NOTHING"
@@ -100,9 +101,13 @@ MOUNT_CANDIDATES = sql(
 )
 
 
-async def linked_blob(session: DbSession, repository: str, digest: str) -> Row | None:
-    """(blob id, size) of a blob linked into `repository`, or None."""
-    return await session.one(LINKED_BLOB, repository=repository, digest=digest)
+async def linked_blob(
+    session: DbSession, repository: str, digest: str, *, for_update: bool = False
+) -> Row | None:
+    """(blob id, size) of a blob linked into `repository`, or None; `for_update` locks the
+    link until the transaction ends (PostgreSQL)."""
+    statement = LINKED_BLOB_FOR_UPDATE if for_update else LINKED_BLOB
+    return await session.one(statement, repository=repository, digest=digest)
 
 
 async def insert_blob(session: DbSession, digest: str, size: int) -> int:
@@ -190,11 +195,17 @@ MANIFEST_BY_DIGEST = sql(
 MANIFEST_ID = sql(
     "SELECT id FROM manifest WHERE repository_id = :repository_id AND digest = :digest"
 )
-BLOBS_IN_REPOSITORY = _with(
+_BLOBS_IN_REPOSITORY = _with(
     """SELECT b.digest, b.id, b.size FROM blob b
        JOIN repository_blob rb ON rb.blob_id = b.id
        WHERE rb.repository_id = :repository_id AND {in}""",
     _in_list("b.digest", "digests"),
+)
+# On PostgreSQL (READ COMMITTED) a manifest push holds its blob links until it commits, so a
+# concurrent blob DELETE (which locks the link FOR UPDATE) waits and then sees the manifest.
+# SQLite runs write transactions one at a time, so it needs no row locks.
+BLOBS_IN_REPOSITORY = Sql(
+    _BLOBS_IN_REPOSITORY.sqlite, _BLOBS_IN_REPOSITORY.postgres + " FOR SHARE OF rb"
 )
 MANIFESTS_IN_REPOSITORY = _with(
     "SELECT digest, id, size FROM manifest WHERE repository_id = :repository_id AND {in}",

@@ -42,6 +42,9 @@ try:
         psycopg.errors.UniqueViolation,
         psycopg.errors.DeadlockDetected,
         psycopg.errors.SerializationFailure,
+        # A concurrent delete removed a row this transaction refers to: run it again,
+        # and it fails (or succeeds) cleanly against the new state.
+        psycopg.errors.ForeignKeyViolation,
     )
 except ImportError:  # pragma: no cover - psycopg is a dependency
     pass
@@ -229,16 +232,29 @@ class Database:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
                     yield SqliteSession(connection)
+                    await self._commit(connection)
                 except BaseException:
-                    connection.execute("ROLLBACK")
+                    # Whatever failed, the body or the COMMIT itself (disk full), the shared
+                    # writer connection must not stay inside a transaction.
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
                     raise
-                if self._commit_in_thread:
-                    await asyncio.to_thread(connection.execute, "COMMIT")
-                else:
-                    connection.execute("COMMIT")
         else:
             async with self._async_engine.begin() as async_connection:
                 yield PostgresSession(await _driver(async_connection))
+
+    async def _commit(self, connection: sqlite3.Connection) -> None:
+        if not self._commit_in_thread:
+            connection.execute("COMMIT")
+            return
+        # The fsync runs in a thread. If this task is cancelled meanwhile, still wait for
+        # the thread: the connection (and the lock) must not be used while it commits.
+        commit = asyncio.ensure_future(asyncio.to_thread(connection.execute, "COMMIT"))
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            await asyncio.wait({commit})
+            raise
 
     async def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database file, in a thread."""

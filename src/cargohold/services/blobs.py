@@ -24,9 +24,11 @@ class BlobInfo:
         return layout.blob_key(self.digest)
 
 
-async def linked_blob(session: DbSession, repository: str, digest: Digest) -> tuple[int, int]:
+async def linked_blob(
+    session: DbSession, repository: str, digest: Digest, *, for_update: bool = False
+) -> tuple[int, int]:
     """(blob id, size) of a blob linked into `repository`; raises BlobUnknown."""
-    row = await queries.linked_blob(session, repository, str(digest))
+    row = await queries.linked_blob(session, repository, str(digest), for_update=for_update)
     if row is None:
         raise BlobUnknown(detail={"digest": str(digest)})
     return row[0], row[1]
@@ -57,7 +59,7 @@ class BlobService:
         """Unlink a blob from a repository. Its bytes go when nothing refers to them (GC)."""
 
         async def work(session: DbSession) -> None:
-            blob_id, _ = await linked_blob(session, repository.value, digest)
+            blob_id, _ = await linked_blob(session, repository.value, digest, for_update=True)
             repo_id = await queries.repository_id(session, repository.value)
             assert repo_id is not None
             if await queries.blob_used_in_repository(session, repo_id, blob_id):

@@ -51,9 +51,9 @@ class SharedFileGeneration:
         return value
 
     def bump(self) -> None:
-        # Not atomic across processes, but any change of value is what readers look for:
-        # two racing bumps still move the counter away from what every cache saw.
-        struct.pack_into("<Q", self._map, 0, (self.current() + 1) % (1 << 64))
+        # A fresh random value rather than +1: a read-modify-write from two processes
+        # could write back a value some cache has already seen (and keep it stale).
+        struct.pack_into("<Q", self._map, 0, int.from_bytes(os.urandom(8), "little"))
 
 
 class MetadataCache:

@@ -35,6 +35,7 @@ from cargohold.storage.driver import ObjectNotFound, StorageDriver, UploadWriter
 log = logging.getLogger(__name__)
 
 WRITE_BUFFER = 1 << 20
+MAX_CACHED_HASHERS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,8 @@ class UploadService:
         if record and not await run_write(self.db, work):
             raise BlobUploadInvalid("upload was changed concurrently; ask for its status")
         self._hashers[upload_id] = (new_size, hasher)
+        if len(self._hashers) > MAX_CACHED_HASHERS:  # uploads finished by other workers
+            del self._hashers[next(iter(self._hashers))]
         return UploadState(upload_id, repository.value, new_size)
 
     @staticmethod
@@ -205,8 +208,11 @@ class UploadService:
             return cached[1].copy()
         hasher = new_hasher(algorithm)
         if size:
-            async for data in self.storage.read(key, 0, size):
-                await asyncio.to_thread(hasher.update, data)
+            try:
+                async for data in self.storage.read(key, 0, size):
+                    await asyncio.to_thread(hasher.update, data)
+            except ObjectNotFound:
+                raise BlobUploadUnknown(detail={"upload": upload_id}) from None
         return hasher
 
     async def finish(
@@ -219,32 +225,39 @@ class UploadService:
         chunk: ChunkRange | None = None,
         content_length: int | None = None,
     ) -> BlobInfo:
-        """Append the final bytes (if any), verify the digest, and publish the blob."""
-        if chunk is not None or content_length:
-            state = await self.append(
-                repository,
-                upload_id,
-                body,
-                chunk=chunk,
-                content_length=content_length,
-                record=False,
-            )
-        else:
-            async for data in body:  # a body without Content-Length (chunked encoding)
-                if data:
-                    state = await self.append(
-                        repository, upload_id, _prepend(data, body), record=False
-                    )
-                    break
-            else:
-                state = await self.status(repository, upload_id)
-        key = layout.upload_key(upload_id)
+        """Append the final bytes (if any), verify the digest, and publish the blob, all
+        under the upload's lock, so no other request can touch the bytes in between."""
+        await self.status(repository, upload_id)  # unknown uploads never get a lock
         async with self._upload_lock(upload_id):
+            if chunk is not None or content_length:
+                state = await self._append_locked(
+                    repository,
+                    upload_id,
+                    body,
+                    chunk=chunk,
+                    content_length=content_length,
+                    record=False,
+                )
+            else:
+                async for data in body:  # a body without Content-Length (chunked encoding)
+                    if data:
+                        state = await self._append_locked(
+                            repository,
+                            upload_id,
+                            _prepend(data, body),
+                            chunk=None,
+                            content_length=None,
+                            record=False,
+                        )
+                        break
+                else:
+                    state = await self.status(repository, upload_id)
+            key = layout.upload_key(upload_id)
             if state.size:
                 await self._exact_size(repository, upload_id, key, state.size)
             hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
             if hasher.hexdigest() != digest.hex:
-                await self.cancel(repository, upload_id)
+                await self._cancel_locked(repository, upload_id)
                 raise DigestInvalid(detail={"digest": str(digest)})
             return await self._publish(repository, upload_id, key, digest, state.size)
 
@@ -259,7 +272,7 @@ class UploadService:
         if stored < size:
             # Recorded bytes are gone: a crash after the object was published under its
             # digest but before that was recorded. They cannot be verified any more.
-            await self.cancel(repository, upload_id)
+            await self._cancel_locked(repository, upload_id)
             raise BlobUploadInvalid("the upload's bytes are lost; start the upload again")
         if stored > size:
             # Bytes past the recorded size (a PATCH cut off by a disconnect) must not be
@@ -281,7 +294,10 @@ class UploadService:
             await self.storage.put_bytes(blob_key, b"")
             await self.storage.delete(key)
         else:
-            await self.storage.commit(key, blob_key)
+            try:
+                await self.storage.commit(key, blob_key)
+            except ObjectNotFound:
+                raise BlobUploadUnknown(detail={"upload": upload_id}) from None
 
         async def work(session: DbSession) -> None:
             blob_id = await queries.insert_blob(session, str(digest), size)
@@ -297,7 +313,9 @@ class UploadService:
         lock, users = self._locks.get(upload_id, (asyncio.Lock(), 0))
         self._locks[upload_id] = (lock, users + 1)
         try:
-            async with lock:
+            # The asyncio lock orders this process's requests; the storage lock keeps other
+            # worker processes out of the same upload's bytes.
+            async with lock, self.storage.exclusive(layout.upload_key(upload_id)):
                 yield
         finally:
             lock, users = self._locks[upload_id]
@@ -310,6 +328,11 @@ class UploadService:
         self._hashers.pop(upload_id, None)
 
     async def cancel(self, repository: RepositoryName, upload_id: str) -> None:
+        await self.status(repository, upload_id)  # unknown uploads never get a lock
+        async with self._upload_lock(upload_id):
+            await self._cancel_locked(repository, upload_id)
+
+    async def _cancel_locked(self, repository: RepositoryName, upload_id: str) -> None:
         async def work(session: DbSession) -> None:
             await self._size(session, repository.value, upload_id)
             await queries.delete_upload(session, upload_id)
@@ -334,6 +357,8 @@ class UploadService:
             await self.storage.delete(layout.upload_key(upload_id))
         async with self.db.read() as session:
             live = await queries.upload_ids(session)
+        for upload_id in [u for u in self._hashers if u not in live]:
+            self._forget(upload_id)
         orphans = 0
         async for info in self.storage.walk(layout.UPLOADS):
             name = info.key.rsplit("/", 1)[-1]

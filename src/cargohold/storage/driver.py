@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -86,3 +87,7 @@ class StorageDriver(Protocol):
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path for zero-copy serving, or None if the driver has none."""
+
+    def exclusive(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold `key` exclusively against other processes sharing this storage (the caller
+        serialises its own tasks). Used around writes to an upload in progress."""

@@ -6,9 +6,11 @@ whole file or none of it under the key."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,19 +133,40 @@ class FilesystemDriver:
         await asyncio.to_thread(self._commit_sync, self._path(src), self._path(dst))
 
     def _commit_sync(self, src: Path, dst: Path) -> None:
-        if self.fsync:
-            fd = os.open(src, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.fsync:
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
         except FileNotFoundError as exc:
             raise ObjectNotFound(str(src)) from exc
         if self.fsync:
             _fsync_dir(dst.parent)
+
+    @asynccontextmanager
+    async def exclusive(self, key: str) -> AsyncIterator[None]:
+        """An flock on the object's file: other worker processes wait; closing releases it."""
+        path = self._path(key)
+
+        def acquire() -> int:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
+        fd = await asyncio.to_thread(acquire)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     async def delete(self, key: str) -> None:
         path = self._path(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,10 @@ class MemoryDriver:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    @asynccontextmanager
+    async def exclusive(self, key: str) -> AsyncIterator[None]:
+        yield  # one process: the caller's own lock is enough
 
     def _get(self, key: str) -> bytearray:
         try:
