@@ -79,6 +79,9 @@ def serve(
         websockets=False,
         log_access=settings.server.access_log,
         backlog=2048,
+        # A worker that ignores the stop signal is killed after this many seconds, so a
+        # SIGTERM or Ctrl-C always ends the server.
+        workers_kill_timeout=10,
     ).serve()
 
 

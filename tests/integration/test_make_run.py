@@ -44,4 +44,9 @@ def test_make_run_serves_on_port_5000(tmp_path: Path) -> None:
         assert (tmp_path / "var" / "cargohold.db").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)  # the server stops on SIGTERM (workers killed after 10 s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            raise
