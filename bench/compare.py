@@ -41,7 +41,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import report
@@ -65,8 +64,7 @@ QUICK_BLOB_SIZE = 16 << 20
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
 
 
-class SetupError(Exception):
-    """The benchmark cannot run (missing tool, missing server, bad option)."""
+SetupError = servers.SetupError
 
 
 # --------------------------------------------------------------------------------------
@@ -274,11 +272,6 @@ def preflight(args: argparse.Namespace, regbench: Path, extra: Sequence[str]) ->
 # --------------------------------------------------------------------------------------
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    log(f"got signal {signal.Signals(signum).name}: stopping")
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
-
-
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
     """Let clean-up finish even if the user presses Ctrl-C again."""
@@ -424,17 +417,8 @@ def remove_data(workdir: Path, keep_logs: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
     invocation = [sys.executable, "bench/compare.py", *(sys.argv[1:] if argv is None else argv)]
-    try:
-        return run(args, invocation)
-    except (SetupError, servers.ServerError) as exc:
-        log(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+    return servers.run_cli(lambda: run(args, invocation), log)
 
 
 def run(args: argparse.Namespace, invocation: list[str]) -> int:

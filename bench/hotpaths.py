@@ -57,7 +57,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -79,8 +78,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-class SetupError(Exception):
-    """The run cannot start (a missing tool, no disk space, ptrace refused)."""
+SetupError = servers.SetupError
 
 
 class LoadError(Exception):
@@ -1401,25 +1399,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    log(f"got signal {signal.Signals(signum).name}: stopping")
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
     words = list(sys.argv[1:] if argv is None else argv)
     invocation = " ".join([".venv/bin/python bench/hotpaths.py", *words])
     try:
-        return run(args, invocation)
-    except (SetupError, servers.ServerError) as exc:
-        log(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+        return servers.run_cli(lambda: run(args, invocation), log)
     finally:
         stop_all_started()
 

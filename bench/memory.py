@@ -43,14 +43,12 @@ import os
 import random
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,8 +68,7 @@ REPOSITORY = "bench/memory"
 GOAL_DELTA_MIB = 16.0
 
 
-class SetupError(Exception):
-    """The benchmark cannot run."""
+SetupError = servers.SetupError
 
 
 class PhaseError(Exception):
@@ -721,29 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    log(f"got signal {signal.Signals(signum).name}: stopping")
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
     invocation = ".venv/bin/python bench/memory.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    try:
-        return run(args, invocation.strip())
-    except SetupError as exc:
-        log(f"error: {exc}")
-        return 2
-    except servers.ServerError as exc:
-        log(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+    return servers.run_cli(lambda: run(args, invocation.strip()), log)
 
 
 def run(args: argparse.Namespace, invocation: str) -> int:

@@ -73,7 +73,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -96,8 +95,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 WORDS = ("api", "web", "worker", "db", "cache", "auth", "billing", "search", "ml", "etl")
 
 
-class SetupError(Exception):
-    """The benchmark cannot run."""
+SetupError = servers.SetupError
 
 
 class CheckError(Exception):
@@ -1269,26 +1267,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    log(f"got signal {signal.Signals(signum).name}: stopping")
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, _on_signal)
     words = list(sys.argv[1:] if argv is None else argv)
     shown = [w if "://" not in w else _hide_password(w) for w in words]
     invocation = " ".join([".venv/bin/python bench/scale.py", *shown])
-    try:
-        return run(args, invocation)
-    except (SetupError, servers.ServerError) as exc:
-        log(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+    return servers.run_cli(lambda: run(args, invocation), log)
 
 
 def _hide_password(url: str) -> str:

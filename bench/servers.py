@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 HOST = "127.0.0.1"
 PORT_ATTEMPTS = 3
@@ -31,6 +32,30 @@ PORT_ATTEMPTS = 3
 
 class ServerError(Exception):
     """A registry could not be started, or did not behave like the one we started."""
+
+
+class SetupError(Exception):
+    """A benchmark cannot run (a missing tool, server or option, no disk space)."""
+
+
+def run_cli(run: Callable[[], int], log: Callable[[str], None]) -> int:
+    """Run a benchmark script's main part: SIGTERM and SIGHUP unwind through the finally
+    blocks that stop the servers; a setup problem exits 2, Ctrl-C 130."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log(f"got signal {signal.Signals(signum).name}: stopping")
+        raise SystemExit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    try:
+        return run()
+    except (SetupError, ServerError) as exc:
+        log(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
 
 
 class _PortTaken(ServerError):
