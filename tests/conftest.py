@@ -39,7 +39,7 @@ def any_registry(request: pytest.FixtureRequest) -> RegistryProcess:
 @pytest.fixture
 def client(any_registry: RegistryProcess) -> Iterator[httpx.Client]:
     # verify=False: plain HTTP on loopback; building a TLS context costs ~100 ms per client.
-    with httpx.Client(base_url=any_registry.url, timeout=60.0, verify=False) as c:
+    with any_registry.client() as c:
         yield c
 
 

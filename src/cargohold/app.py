@@ -11,7 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cargohold import __version__
@@ -20,6 +20,7 @@ from cargohold.jobs.schedule import Periodic, Scheduler
 from cargohold.services.runtime import Runtime
 from cargohold.settings import Settings, load_settings
 from cargohold.storage.registry import build_driver
+from cargohold.web.api.app import make_api
 from cargohold.web.registry.routes import router
 
 CONFIG_ENV = "CARGOHOLD_CONFIG_FILE"
@@ -45,6 +46,9 @@ def _scheduler(runtime: Runtime) -> Scheduler:
             lambda: runtime.uploads.purge_stale(max_age),
         )
     ]
+    tasks.append(Periodic("audit-flush", 0.5, runtime.audit.flush))
+    tasks.append(Periodic("login-throttle-purge", 3600, runtime.throttle.purge))
+    tasks.append(Periodic("web-session-purge", 3600, runtime.sessions.purge))
     if runtime.db.sqlite:
         tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
     return Scheduler(tasks)
@@ -56,6 +60,11 @@ async def _home(request: Request) -> Response:
 
 async def _health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def _jwks(request: Request) -> Response:
+    runtime: Runtime = request.scope["state"]["runtime"]
+    return JSONResponse(await runtime.tokens.keys.jwks())
 
 
 def make_asgi(settings: Settings) -> ASGIApp:
@@ -70,7 +79,15 @@ def make_asgi(settings: Settings) -> ASGIApp:
             await scheduler.stop()
             await runtime.close()
 
-    web = Starlette(routes=[Route("/", _home), Route("/healthz", _health)], lifespan=lifespan)
+    web = Starlette(
+        routes=[
+            Route("/", _home),
+            Route("/healthz", _health),
+            Route("/.well-known/jwks.json", _jwks),
+            Mount("/api/v1", make_api()),
+        ],
+        lifespan=lifespan,
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # /v2 goes straight to the registry router, which matches full paths itself

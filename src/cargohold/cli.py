@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import secrets
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +19,10 @@ from cargohold.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="cargohold: an OCI container image registry.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+token_app = typer.Typer(help="Issue app-specific tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration file.", exists=False)
@@ -53,6 +60,7 @@ def serve(
     workers = workers or settings.server.workers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _migrate(settings)
+    login = asyncio.run(_bootstrap_admin(settings))
     if config is not None:
         os.environ["CARGOHOLD_CONFIG_FILE"] = str(config.resolve())
     os.environ.setdefault("CARGOHOLD_DATA_DIR", settings.data_dir)
@@ -61,10 +69,10 @@ def serve(
         f"cargohold {__version__} serving the OCI registry API on http://{where}/v2/\n"
         f"  database: {Settings.masked(settings)['database']['url']}\n"
         f"  storage:  {settings.storage.driver} {settings.storage.filesystem.root}\n"
-        "  No login is needed yet: the registry is open to anyone who can reach it.\n"
-        f"  Try: skopeo copy --dest-tls-verify=false docker-archive:img.tar "
-        f"docker://{where}/myteam/app:latest\n"
-        f"  docker/podman: add {where} to insecure-registries, then push {where}/<namespace>/<name>"
+        f"{login}"
+        f"  Log in:   docker login {where} -u <user>   (podman login, skopeo login alike;\n"
+        f"            docker/podman need {where} in insecure-registries for plain HTTP)\n"
+        f"  Then:     docker push {where}/<your user or organization>/<name>:<tag>"
     )
     # granian: its ASGI server offers `http.response.pathsend`, so blobs go out zero-copy
     # (docs/perf/README.md has the measurements behind this choice).
@@ -83,6 +91,126 @@ def serve(
         # SIGTERM or Ctrl-C always ends the server.
         workers_kill_timeout=10,
     ).serve()
+
+
+async def _bootstrap_admin(settings: Settings) -> str:
+    """Create the first superuser on an empty database; how to log in, for the banner.
+    Without a configured password, one is generated into <data_dir>/initial-admin-password."""
+    from cargohold.app import build_runtime
+
+    auth = settings.auth
+    runtime = build_runtime(settings)
+    try:
+        if await runtime.users.count() > 0:
+            return "  Accounts: log in with yours (`cargohold user create` adds one).\n"
+        password = auth.initial_admin_password.get_secret_value()
+        where = "from auth.initial_admin_password"
+        if not password:
+            password = secrets.token_urlsafe(18)
+            path = Path(settings.data_dir) / "initial-admin-password"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            where = f"in {path}"
+        await runtime.users.create(auth.initial_admin_user, password, superuser=True)
+        return f"  Created the superuser '{auth.initial_admin_user}'; its password is {where}.\n"
+    finally:
+        await runtime.close()
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@user_app.command("create")
+def user_create(
+    name: Annotated[str, typer.Argument(help="User name (also the user's namespace).")],
+    email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    superuser: Annotated[bool, typer.Option(help="Make the user a superuser.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create a user in the database (the first superuser, robots' owners, scripts)."""
+    from cargohold.domain.errors import NameInvalid
+    from cargohold.services.users import UserError
+
+    settings = _load(config)
+    _migrate(settings)
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    async def create() -> None:
+        from cargohold.app import build_runtime
+
+        runtime = build_runtime(settings)
+        try:
+            await runtime.users.create(name, password, email=email, superuser=superuser)
+        finally:
+            await runtime.close()
+
+    try:
+        _run(create())
+    except (UserError, NameInvalid) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"created user {name}" + (" (superuser)" if superuser else ""))
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Argument(help="The user the token acts for.")],
+    name: Annotated[str, typer.Option("--name", help="A title to recognise the token by.")],
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="API scope (repeatable), e.g. repo:read.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30d, 12h, 90m (default: never).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Issue an app-specific token for USER and print it once. It works as the password
+    of `docker login` (user name `$app` or the user's) and as a bearer token on /api/v1."""
+    from cargohold.domain.durations import DurationError, parse_duration
+    from cargohold.services.credentials import CredentialError
+
+    settings = _load(config)
+    _migrate(settings)
+    try:
+        lifetime = parse_duration(expires) if expires else None
+    except DurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    async def issue() -> str:
+        from cargohold.app import build_runtime
+        from cargohold.db.base import utcnow
+
+        runtime = build_runtime(settings)
+        try:
+            principal = await runtime.authenticator.user(user)
+            if principal is None or principal.id is None:
+                raise CredentialError(f"no enabled user {user!r}")
+            token, _ = await runtime.credentials.issue(
+                "app",
+                principal.id,
+                title=name,
+                scopes=scope or [],
+                expires_at=utcnow() + lifetime if lifetime else None,
+            )
+            return token
+        finally:
+            await runtime.close()
+
+    try:
+        token = _run(issue())
+    except CredentialError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(token)
 
 
 @app.command()

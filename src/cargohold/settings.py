@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -65,6 +72,77 @@ class RegistrySettings(_Strict):
     upload_purge_interval_seconds: int = Field(3600, ge=1)
 
 
+class LdapSettings(_Strict):
+    url: str = ""  # ldap://host:389 or ldaps://host:636
+    start_tls: bool = False
+    ca_cert_file: str = ""  # verify the server against this CA (default: system CAs)
+    bind_dn: str = ""
+    bind_password: SecretStr = SecretStr("")
+    base_dn: str = ""  # where users are searched
+    group_base_dn: str = ""  # where groups are searched (empty: base_dn)
+    user_filter: str = "(objectClass=inetOrgPerson)"
+    uid_attribute: str = "uid"
+    email_attribute: str = "mail"
+    superuser_filter: str = ""  # users matching it are superusers
+    group_member_attribute: str = "member"  # on the group entry, holding user DNs
+    team_sync_interval_seconds: int = Field(3600, ge=10)
+    timeout_seconds: int = Field(10, ge=1)
+
+
+class OidcSettings(_Strict):
+    issuer: str = ""  # discovery at <issuer>/.well-known/openid-configuration
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    scopes: list[str] = ["openid", "profile", "email"]
+    username_claim: str = "preferred_username"
+    email_claim: str = "email"
+    groups_claim: str = "groups"
+    display_name: str = "Single sign-on"
+
+
+class LockoutSettings(_Strict):
+    # Failed logins per account or per address within the window slow the next attempts
+    # down, then lock them out for `lock_seconds`.
+    max_failures: int = Field(5, ge=1)
+    window_seconds: int = Field(900, ge=1)
+    lock_seconds: int = Field(900, ge=1)
+    delay_after: int = Field(3, ge=0)  # failures before each answer is delayed
+    delay_seconds: float = Field(1.0, ge=0)
+
+
+class AuditSettings(_Strict):
+    log_pulls: bool = True
+    retention_days: int = Field(365, ge=0)  # 0: keep for ever
+
+
+class AuthSettings(_Strict):
+    provider: Literal["database", "ldap", "oidc"] = "database"
+    # Users named here are superusers whatever the database says.
+    superusers: list[str] = []
+    # Created as a superuser on start when no user exists yet (like Harbor's initial
+    # admin password). `make run` generates one and writes it to <data_dir>/initial-admin.
+    initial_admin_user: str = "admin"
+    initial_admin_password: SecretStr = SecretStr("")
+    # Encrypts signing keys at rest. Empty: generated into <data_dir>/run/secret-key.
+    secret_key: SecretStr = SecretStr("")
+    service: str = "cargohold"  # the `service` of registry tokens
+    # The token endpoint's public URL; empty: derived from each request's Host.
+    realm: str = ""
+    token_ttl_seconds: int = Field(300, ge=30, le=86400)
+    key_rotation_days: int = Field(30, ge=1)
+    new_repositories_public: bool = False
+    # Refuse real passwords on the registry protocol (docker login): CLI users must use
+    # an app token, the encrypted CLI password or a robot.
+    refuse_password_on_cli: bool = False
+    # How long a verified password or token is trusted without checking it again.
+    credential_cache_seconds: int = Field(60, ge=0, le=3600)
+    user_creation: bool = True  # may new users sign up through the API?
+    ldap: LdapSettings = LdapSettings()
+    oidc: OidcSettings = OidcSettings()
+    lockout: LockoutSettings = LockoutSettings()
+    audit: AuditSettings = AuditSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CARGOHOLD_", env_nested_delimiter="__", extra="forbid"
@@ -75,6 +153,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
     registry: RegistrySettings = RegistrySettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
@@ -101,7 +180,7 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The effective settings with secrets hidden, for `config check`."""
-        out = self.model_dump()
+        out = self.model_dump(mode="json")  # SecretStr fields come out as ******
         url: str = out["database"]["url"]
         if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
             scheme, rest = url.split("//", 1)

@@ -19,7 +19,7 @@ LINK_RE = re.compile(r'<(?P<url>[^>]+)>;\s*rel="next"')
 
 def http_client(server: RegistryProcess) -> httpx.Client:
     """A client for a test server: plain HTTP, so no TLS context (verify=False)."""
-    return httpx.Client(base_url=server.url, timeout=60.0, verify=False)
+    return server.client()
 
 
 def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import httpx
 from tests.security.helpers import assert_oci_error, storage_problems
 from tests.support.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, sha256
 from tests.support.postgres import temporary_database
-from tests.support.server import RegistryProcess
+from tests.support.server import ADMIN_PASSWORD, ADMIN_USER, RegistryProcess
 
 MiB = 1 << 20
 PIECE = 256 * 1024  # the granularity at which request bodies are handed to the socket
@@ -191,7 +191,7 @@ def push_blob(client: httpx.Client, repo: str, blob: BlobPush, progress: Progres
 
 def push_image(url: str, image: ImagePush, progress: Progress) -> None:
     try:
-        with httpx.Client(base_url=url, timeout=60.0) as client:
+        with httpx.Client(base_url=url, timeout=60.0, auth=(ADMIN_USER, ADMIN_PASSWORD)) as client:
             for blob in image.blobs:
                 push_blob(client, image.repo, blob, progress)
             image.manifest_sent = True
@@ -353,7 +353,7 @@ def crash_rounds(data_dir: Path, shares: list[float], database_url: str | None =
             push_until_killed(server, images, share)
 
             server = RegistryProcess(data_dir, database_url=database_url).start()
-            with httpx.Client(base_url=server.url, timeout=60.0) as client:
+            with server.client() as client:
                 check_after_restart(client, images)
                 assert storage_problems(data_dir) == []
                 resumed += resume_interrupted_uploads(client, images)
@@ -386,7 +386,7 @@ def test_a_kill_between_publishing_and_recording_a_blob(tmp_path: Path) -> None:
     digest = sha256(blob)
     server = RegistryProcess(data_dir).start()
     try:
-        with httpx.Client(base_url=server.url, timeout=60.0) as c:
+        with server.client() as c:
             r = c.post(f"/v2/{repo}/blobs/uploads/")
             upload_id = r.headers["docker-upload-uuid"]
             r = c.patch(
@@ -400,7 +400,7 @@ def test_a_kill_between_publishing_and_recording_a_blob(tmp_path: Path) -> None:
         (data_dir / "storage/uploads" / upload_id).rename(target)
 
         server = RegistryProcess(data_dir).start()
-        with httpx.Client(base_url=server.url, timeout=60.0) as c:
+        with server.client() as c:
             blob_url = f"/v2/{repo}/blobs/{digest}"
             assert_oci_error(c.head(blob_url), 404)  # never recorded: not visible
             status = c.get(location)

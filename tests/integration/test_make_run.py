@@ -36,11 +36,19 @@ def test_make_run_serves_on_port_5000(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         assert answer is not None, log.read_text()
-        assert answer.status_code == 200
+        # Clients learn where to log in from the challenge of an anonymous /v2/.
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith('Bearer realm="http://127.0.0.1:5000')
         assert answer.headers["Docker-Distribution-API-Version"] == "registry/2.0"
         printed = log.read_text()
         assert "http://127.0.0.1:5000/v2/" in printed
-        assert "No login is needed" in printed
+        password_file = tmp_path / "var" / "initial-admin-password"
+        assert f"Created the superuser 'admin'; its password is in {password_file}" in printed
+        assert "docker login 127.0.0.1:5000" in printed
+        assert password_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+        password = password_file.read_text().strip()
+        signed_in = httpx.get("http://127.0.0.1:5000/v2/", auth=("admin", password), timeout=10)
+        assert signed_in.status_code == 200
         assert (tmp_path / "var" / "cargohold.db").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

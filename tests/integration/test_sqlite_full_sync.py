@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
 from tests.support.oci import make_image, push_image, unique_repo
 from tests.support.server import RegistryProcess
 
@@ -16,14 +14,14 @@ def test_full_synchronous_mode(tmp_path: Path) -> None:
     server = RegistryProcess(tmp_path / "data", env=env).start()
     repo, image = unique_repo(), make_image(layers=2)
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with server.client() as client:
             for i in range(5):
                 push_image(client, repo, image, f"v{i}")
     finally:
         server.kill()  # SIGKILL: nothing gets flushed on the way out
     server = RegistryProcess(tmp_path / "data", env=env).start()
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with server.client() as client:
             tags = client.get(f"/v2/{repo}/tags/list").json()["tags"]
             assert tags == [f"v{i}" for i in range(5)]
             assert client.get(f"/v2/{repo}/manifests/v4").content == image.manifest

@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.oci import error_codes, push_blob, unique_repo
@@ -28,7 +27,7 @@ def quick_purge(tmp_path: Path) -> Iterator[RegistryProcess]:
 
 def test_stale_uploads_are_purged(quick_purge: RegistryProcess) -> None:
     repo = unique_repo()
-    with httpx.Client(base_url=quick_purge.url) as client:
+    with quick_purge.client() as client:
         r = client.post(f"/v2/{repo}/blobs/uploads/")
         location = r.headers["Location"]
         upload_id = r.headers["Docker-Upload-UUID"]

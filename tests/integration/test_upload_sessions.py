@@ -6,7 +6,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cargohold.db.migrate import upgrade
@@ -45,7 +44,7 @@ async def test_lock_table_does_not_grow(tmp_path: Path) -> None:
 
 def test_patch_after_lost_upload_bytes_is_a_clear_error(registry: RegistryProcess) -> None:
     repo = unique_repo()
-    with httpx.Client(base_url=registry.url) as client:
+    with registry.client() as client:
         r = client.post(f"/v2/{repo}/blobs/uploads/")
         location, upload_id = r.headers["Location"], r.headers["Docker-Upload-UUID"]
         assert client.patch(location, content=b"a" * 100).status_code == 202

@@ -17,7 +17,7 @@ from tests.support.server import RegistryProcess
 def http(registry: RegistryProcess) -> Iterator[httpx.Client]:
     """A client of the shared SQLite server (module and session scope, so Hypothesis can
     reuse it across examples)."""
-    with httpx.Client(base_url=registry.url, timeout=60.0) as c:
+    with registry.client() as c:
         yield c
 
 

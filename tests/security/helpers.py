@@ -25,7 +25,13 @@ OCI_CODES = ALL_CODES  # every code a 4xx of this server may carry
 HEX_LENGTH = {"sha256": 64, "sha512": 128}
 DB_FILES = {"cargohold.db", "cargohold.db-wal", "cargohold.db-shm", "cargohold.db-journal"}
 # Files outside storage/ that the server (or the test harness) keeps in a data directory.
-OTHER_FILES = {"server.log", "run/cache-gen"}
+OTHER_FILES = {
+    "server.log",
+    "run/cache-gen",
+    "run/auth-gen",
+    "run/secret-key",
+    "initial-admin-password",
+}
 
 
 def error_codes_of(status: int, body: bytes, content_type: str | None) -> list[str]:

@@ -55,7 +55,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]
 
 @pytest.fixture
 def tight_client(tight: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=tight.url, timeout=60.0) as c:
+    with tight.client() as c:
         yield c
 
 
@@ -234,6 +234,7 @@ def test_an_oversized_manifest_is_refused_before_its_body_is_read(
     repo = unique_repo("early")
     head = (
         f"PUT /v2/{repo}/manifests/latest HTTP/1.1\r\nHost: {any_registry.host}\r\n"
+        f"Authorization: {any_registry.authorization}\r\n"
         f"Content-Type: {OCI_MANIFEST}\r\nContent-Length: {64 * MAX_MANIFEST}\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", any_registry.port), timeout=10) as sock:

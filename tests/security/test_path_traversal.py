@@ -120,7 +120,7 @@ def test_hostile_repository_names_are_refused(contained: RegistryProcess, name: 
         headers = {"Content-Type": OCI_MANIFEST} if method == "PUT" else {}
         resp = raw_request(contained.port, method, path, body=body, headers=headers)
         _refused(resp, method, {"NAME_INVALID", "NOT_FOUND", "UNSUPPORTED"})
-    with httpx.Client(base_url=contained.url) as c:
+    with contained.client() as c:
         assert not [n for n in catalog(c) if not n.startswith("jail/")]
 
 
@@ -145,7 +145,7 @@ HOSTILE_DIGESTS = [
 @pytest.mark.parametrize("digest", HOSTILE_DIGESTS)
 def test_hostile_digests_are_refused(contained: RegistryProcess, digest: str) -> None:
     repo = "jail/repo"
-    with httpx.Client(base_url=contained.url) as c:
+    with contained.client() as c:
         push_blob(c, repo, b"present")
         location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
     query = quote(digest.replace("%2F", "/").replace("%00", "\x00"), safe="")
@@ -183,7 +183,7 @@ def test_hostile_upload_ids_are_refused_and_never_alias_a_real_upload(
     contained: RegistryProcess,
 ) -> None:
     repo = "jail/uploads"
-    with httpx.Client(base_url=contained.url) as c:
+    with contained.client() as c:
         real = c.post(f"/v2/{repo}/blobs/uploads/").headers["docker-upload-uuid"]
     hostile = [
         "..",
@@ -218,7 +218,7 @@ def test_hostile_upload_ids_are_refused_and_never_alias_a_real_upload(
         ]:
             resp = raw_request(contained.port, method, path, body=body, headers=headers)
             _refused(resp, method, codes)
-    with httpx.Client(base_url=contained.url) as c:
+    with contained.client() as c:
         status = c.get(f"/v2/{repo}/blobs/uploads/{real}")
         assert status.status_code == 204 and status.headers["range"] == "0-0"  # untouched
         r = c.put(

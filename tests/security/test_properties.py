@@ -383,6 +383,7 @@ def _cut_off_patch(
     assert len(sent) < declared
     head = (
         f"PATCH {location} HTTP/1.1\r\nHost: {registry.host}\r\n"
+        f"Authorization: {registry.authorization}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n"
         + (f"Content-Range: {chunk}\r\n" if chunk else "")
         + "\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -10,10 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Every test server starts with this superuser (auth.initial_admin_password).
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "test-admin-password"
 
 
 def free_port() -> int:
@@ -43,9 +49,28 @@ class RegistryProcess:
     def url(self) -> str:
         return f"http://{self.host}"
 
+    @property
+    def admin_auth(self) -> tuple[str, str]:
+        """Basic credentials of the superuser every test server starts with."""
+        return (ADMIN_USER, ADMIN_PASSWORD)
+
+    @property
+    def authorization(self) -> str:
+        """The superuser's Authorization header value, for hand-written requests."""
+        raw = f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client signed in as the superuser (HTTP Basic on every request)."""
+        kwargs.setdefault("timeout", 60.0)
+        kwargs.setdefault("auth", self.admin_auth)
+        # verify=False: plain HTTP on loopback; building a TLS context costs ~100 ms.
+        return httpx.Client(base_url=self.url, verify=False, **kwargs)
+
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
         env["CARGOHOLD_DATA_DIR"] = str(self.data_dir)
+        env["CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD"] = ADMIN_PASSWORD
         if self.database_url:
             env["CARGOHOLD_DATABASE__URL"] = self.database_url
         env.update(self.extra_env)
@@ -77,7 +102,8 @@ class RegistryProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cargohold exited early:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1.0).status_code == 200:
+                answer = httpx.get(f"{self.url}/v2/", timeout=1.0, auth=self.admin_auth)
+                if answer.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -64,10 +64,15 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_config_check_command(tmp_path: Path) -> None:
     good = tmp_path / "good.yml"
-    good.write_text("database:\n  url: postgresql://reg:secret@127.0.0.1/reg\n")
+    good.write_text(
+        "database:\n  url: postgresql://reg:pw-in-url@127.0.0.1/reg\n"
+        "auth:\n  secret_key: key-in-file\n  ldap:\n    bind_password: ldap-pw-in-file\n"
+    )
     out = _cli("config", "check", str(good))
     assert out.returncode == 0, out.stderr
-    assert "secret" not in out.stdout and "reg:***@127.0.0.1/reg" in out.stdout
+    assert "reg:***@127.0.0.1/reg" in out.stdout
+    for secret in ("pw-in-url", "key-in-file", "ldap-pw-in-file"):
+        assert secret not in out.stdout
     bad = tmp_path / "bad.yml"
     bad.write_text("registry:\n  max_manifest_bytes: 1\n  colour: blue\n")
     out = _cli("config", "check", str(bad))

@@ -1,43 +1,124 @@
-"""The one authorization check every route goes through.
+"""The one authorization check every registry route goes through.
 
-Until identity and roles land, the registry is open: every principal may do every
-action. Routes must still call `authorize`, so that filling in this module is all
-it takes to protect them."""
+`Action` is what a route needs; `AccessService.check` decides from the principal's
+role on the repository (or, for a registry token, from the grants it carries) and
+raises Unauthorized (no or insufficient credentials: the client should authenticate)
+or Denied (authenticated, and not allowed)."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
-from cargohold.domain.errors import Denied
+from cargohold.auth.permissions import Permissions, RepositoryAccess
+from cargohold.auth.principal import ANONYMOUS, Principal, PrincipalKind
+from cargohold.auth.roles import NamespaceRight, Role
+from cargohold.domain.errors import Denied, Unauthorized
+from cargohold.domain.names import RepositoryName
+from cargohold.services.audit import Origin
+from cargohold.services.repositories import RepositoryCreator
+
+__all__ = ["ANONYMOUS", "Action", "Principal", "PrincipalKind", "needed_role", "token_actions"]
 
 
 class Action(enum.StrEnum):
+    LOGIN = "login"  # any authenticated principal (GET /v2/: how clients test a login)
     PULL = "pull"
     PUSH = "push"
     DELETE = "delete"
-    CATALOG = "catalog"  # list every repository
+    CATALOG = "catalog"  # list repositories (filtered by what the caller can see)
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is making the request. `None` username means anonymous."""
-
-    username: str | None = None
-
-    @property
-    def is_anonymous(self) -> bool:
-        return self.username is None
+def needed_role(action: Action) -> Role:
+    return Role.READ if action is Action.PULL else Role.WRITE
 
 
-ANONYMOUS = Principal()
+def token_actions(role: Role | None, right: NamespaceRight, exists: bool) -> set[str]:
+    """The registry token actions (pull, push, delete, *) a role allows on a repository.
+    Pushing to a repository that does not exist yet needs the right to create it."""
+    actions: set[str] = set()
+    if role is not None and role >= Role.READ:
+        actions.add("pull")
+    if (role is not None and role >= Role.WRITE) or (not exists and right >= NamespaceRight.CREATE):
+        actions.update(("push", "delete"))
+    if role is Role.ADMIN:
+        actions.add("*")
+    return actions
 
 
-def may(principal: Principal, action: Action, repository: str | None) -> bool:
-    """May `principal` do `action` on `repository` (None: registry-wide actions)?"""
-    return True
+class AccessService:
+    """Decides registry access and creates repositories on first push."""
 
+    def __init__(self, permissions: Permissions, creator: RepositoryCreator) -> None:
+        self.permissions = permissions
+        self.creator = creator
 
-def authorize(principal: Principal, action: Action, repository: str | None) -> None:
-    if not may(principal, action, repository):
-        raise Denied(f"{action} on {repository or 'registry'} is not allowed")
+    async def check(
+        self,
+        principal: Principal,
+        action: Action,
+        repository: RepositoryName | None,
+        origin: Origin = Origin(),
+    ) -> None:
+        if action is Action.LOGIN:
+            if principal.is_anonymous:
+                raise Unauthorized("authentication required")
+            return
+        if action is Action.CATALOG:
+            if principal.grants is not None and "" not in principal.grants:
+                raise Unauthorized("the token does not grant registry:catalog:*", detail=None)
+            return
+        assert repository is not None
+        name = repository.value
+        if principal.grants is not None:
+            granted = principal.grants.get(name, frozenset())
+            if action.value not in granted and "*" not in granted:
+                raise Unauthorized("the token does not grant this access")
+            if action is Action.PUSH:
+                access = await self.permissions.repository(principal, name)
+                if not access.exists:
+                    await self._create(principal, repository, access, origin)
+            return
+        access = await self.permissions.repository(principal, name)
+        role = needed_role(action)
+        if access.role is not None and access.role >= role:
+            return
+        if (
+            action is not Action.PULL
+            and not access.exists
+            and access.right >= NamespaceRight.CREATE
+        ):
+            await self._create(principal, repository, access, origin)
+            return
+        if principal.is_anonymous:
+            raise Unauthorized("authentication required")
+        raise Denied(f"{action.value} on {name} is not allowed")
+
+    async def _create(
+        self, principal: Principal, name: RepositoryName, access: RepositoryAccess, origin: Origin
+    ) -> None:
+        try:
+            await self.creator.create(principal, name, access.right, origin)
+        except PermissionError as exc:
+            raise Denied(str(exc)) from exc
+
+    async def may(self, principal: Principal, action: Action, repository: str) -> bool:
+        """A yes/no answer for an existing repository, with no side effects."""
+        if principal.grants is not None:
+            granted = principal.grants.get(repository, frozenset())
+            return action.value in granted or "*" in granted
+        access = await self.permissions.repository(principal, repository)
+        return access.role is not None and access.role >= needed_role(action)
+
+    async def token_access(
+        self, principal: Principal, scope_type: str, name: str, requested: frozenset[str]
+    ) -> set[str]:
+        """The actions of one requested scope that `principal` gets in a registry token."""
+        if scope_type == "registry":
+            return set(requested & {"*"}) if name == "catalog" else set()
+        access = await self.permissions.repository(principal, name)
+        allowed = token_actions(access.role, access.right, access.exists)
+        if "*" in allowed:
+            allowed |= {"pull", "push", "delete"}
+        if not access.exists and "push" in allowed:
+            allowed.add("pull")  # the pusher may check for blobs it is about to push
+        return allowed & requested

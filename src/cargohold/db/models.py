@@ -12,12 +12,15 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -32,9 +35,13 @@ def _name(length: int) -> String:
 
 
 class Namespace(Base):
+    """A user's own namespace or an organization's: one space of names for both."""
+
     __tablename__ = "namespace"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(8), default="org", server_default="org")
+    email: Mapped[str | None] = mapped_column(String(255))  # an organization's contact
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -43,6 +50,8 @@ class Repository(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespace.id"), index=True)
     name: Mapped[str] = mapped_column(_name(255), unique=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -127,5 +136,181 @@ class Upload(Base):
         ForeignKey("repository.id", ondelete="CASCADE"), index=True
     )
     size: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Who started it ("user:<id>", "robot:<id>", "anonymous"): only they may continue it.
+    owner: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+# -- identity and access -----------------------------------------------------------------
+#
+# Grantees (of repository permissions, default permissions and team membership) are
+# polymorphic: `kind` is "user", "team" or "robot" and `grantee_id` that table's id.
+# Services delete a grantee's rows when they delete the grantee.
+
+
+class User(Base):
+    __tablename__ = "user_account"  # "user" is reserved in PostgreSQL
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(
+        ForeignKey("namespace.id", ondelete="CASCADE"), unique=True
+    )
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(255))
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: external
+    provider: Mapped[str] = mapped_column(String(16), default="database")
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    superuser: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Team(Base):
+    __tablename__ = "team"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(8))  # member | creator | admin
+    description: Mapped[str] = mapped_column(Text, default="")
+    sync_group: Mapped[str | None] = mapped_column(String(512))  # LDAP group DN or OIDC group
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TeamMember(Base):
+    __tablename__ = "team_member"
+    team_id: Mapped[int] = mapped_column(
+        ForeignKey("team.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # user | robot
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    synced: Mapped[bool] = mapped_column(Boolean, default=False)  # added by a team sync
+
+
+class Robot(Base):
+    """A robot account `<namespace>+<shortname>`, authenticated by a random token."""
+
+    __tablename__ = "robot"
+    __table_args__ = (UniqueConstraint("namespace_id", "shortname"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"))
+    shortname: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    token_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the token
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RepositoryPermission(Base):
+    __tablename__ = "repository_permission"
+    __table_args__ = (UniqueConstraint("repository_id", "kind", "grantee_id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))  # user | team | robot
+    grantee_id: Mapped[int] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(8))  # read | write | admin
+
+
+class DefaultPermission(Base):
+    """When <activating user, or anyone> creates a repository in the organization, grant
+    <role> to <grantee> (Quay's "prototype")."""
+
+    __tablename__ = "default_permission"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"), index=True)
+    activating_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(8))
+    grantee_id: Mapped[int] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(8))
+
+
+class OAuthApplication(Base):
+    __tablename__ = "oauth_application"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    client_secret_hash: Mapped[str] = mapped_column(String(64))
+    redirect_uri: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Credential(Base):
+    """A secret issued to a user, stored as a sha256 hash and found by its public `lookup`
+    part: app-specific tokens ("app"), the encrypted CLI password ("cli") and OAuth access
+    tokens ("oauth"). Random secrets of 32 bytes need no slow hash."""
+
+    __tablename__ = "credential"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    lookup: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    title: Mapped[str] = mapped_column(String(255), default="")
+    scopes: Mapped[str] = mapped_column(String(512), default="")  # space separated
+    application_id: Mapped[int | None] = mapped_column(
+        ForeignKey("oauth_application.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SigningKey(Base):
+    """Keys that sign registry tokens, shared by every replica through the database. The
+    private key is encrypted with the configured secret key."""
+
+    __tablename__ = "signing_key"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    public_jwk: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retire_at: Mapped[datetime] = mapped_column(UTCDateTime)  # stops signing
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # stops verifying
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_namespace", "namespace", "id"),
+        Index("ix_audit_log_repository", "repository", "id"),
+        Index("ix_audit_log_actor", "actor", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    actor_kind: Mapped[str] = mapped_column(String(16))  # user | robot | token | anonymous
+    actor: Mapped[str | None] = mapped_column(String(255))
+    namespace: Mapped[str | None] = mapped_column(String(255))
+    repository: Mapped[str | None] = mapped_column(String(255))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    details: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+
+
+class LoginThrottle(Base):
+    """Failed logins per key ("user:<name>" or "ip:<address>"), shared by every process."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebSession(Base):
+    """A browser session: the cookie holds the id, the table its sha256."""
+
+    __tablename__ = "web_session"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -347,6 +347,37 @@ async def repositories_page(session: DbSession, last: str, limit: int) -> list[s
     return [row[0] for row in await session.all(REPOSITORIES_PAGE, last=last, limit=limit)]
 
 
+VISIBLE_REPOSITORIES_PAGE = sql(
+    """SELECT r.name FROM repository r WHERE r.name > :last AND (
+         r.public = :yes
+         OR r.namespace_id = :own_namespace
+         OR r.id IN (SELECT repository_id FROM repository_permission
+                     WHERE (kind = :kind AND grantee_id = :member)
+                        OR (kind = 'team' AND grantee_id IN (SELECT team_id FROM team_member
+                            WHERE kind = :kind AND member_id = :member)))
+         OR r.namespace_id IN (SELECT t.org_id FROM team t JOIN team_member m
+                               ON m.team_id = t.id WHERE t.role = 'admin'
+                               AND m.kind = :kind AND m.member_id = :member))
+       ORDER BY r.name LIMIT :limit"""
+)
+
+
+async def visible_repositories_page(
+    session: DbSession, last: str, limit: int, *, kind: str, member: int, own_namespace: int
+) -> list[str]:
+    """Like repositories_page, only the repositories a principal can read."""
+    rows = await session.all(
+        VISIBLE_REPOSITORIES_PAGE,
+        last=last,
+        limit=limit,
+        yes=True,
+        kind=kind,
+        member=member,
+        own_namespace=own_namespace,
+    )
+    return [row[0] for row in rows]
+
+
 async def referrers_page(
     session: DbSession, repository: str, subject: str, artifact_type: str, last: str, limit: int
 ) -> list[Row]:

@@ -55,3 +55,29 @@ def parse_tag(tag: str) -> str:
     if not is_tag(tag):
         raise TagInvalid("tag must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
     return tag
+
+
+# Users and organizations share one space of namespace names: a repository name's first
+# component. Robots are `<namespace>+<shortname>`; teams are named within an organization.
+_NAMESPACE_RE = re.compile(_COMPONENT)
+_SHORTNAME_RE = re.compile(r"[a-z][a-z0-9_]{0,254}")
+MAX_NAMESPACE_LENGTH = 255
+MIN_NAMESPACE_LENGTH = 2
+
+
+def parse_namespace(name: str) -> str:
+    """Validate a user or organization name; raise NameInvalid with the reason."""
+    if not MIN_NAMESPACE_LENGTH <= len(name) <= MAX_NAMESPACE_LENGTH:
+        raise NameInvalid(
+            f"names are {MIN_NAMESPACE_LENGTH} to {MAX_NAMESPACE_LENGTH} characters long"
+        )
+    if not _NAMESPACE_RE.fullmatch(name):
+        raise NameInvalid("names must match [a-z0-9]+((.|_|__|-+)[a-z0-9]+)*")
+    return name
+
+
+def parse_shortname(name: str, what: str = "name") -> str:
+    """Validate a robot's or team's short name."""
+    if not _SHORTNAME_RE.fullmatch(name):
+        raise NameInvalid(f"{what} must match [a-z][a-z0-9_]{{0,254}}")
+    return name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cargohold.db import queries
@@ -74,7 +74,7 @@ class BlobService:
         repository: RepositoryName,
         digest: Digest,
         source: RepositoryName | None,
-        may_read: Callable[[str], bool],
+        may_read: Callable[[str], Awaitable[bool]],
     ) -> BlobInfo | None:
         """Link a blob the caller can already read into `repository`.
 
@@ -82,7 +82,7 @@ class BlobService:
         holding the blob that the caller may read (automatic mount). None: not mountable,
         and the client must upload the bytes."""
         if source is not None:
-            if not may_read(source.value):
+            if not await may_read(source.value):
                 return None
             async with self.db.read() as session:
                 row = await queries.linked_blob(session, source.value, str(digest))
@@ -90,7 +90,11 @@ class BlobService:
         else:
             async with self.db.read() as session:
                 rows = await queries.mount_candidates(session, str(digest))
-            candidate = next(((r[0], r[1]) for r in rows if may_read(r[2])), None)
+            candidate = None
+            for blob_id, size, holder in rows:
+                if await may_read(holder):
+                    candidate = (blob_id, size)
+                    break
         if candidate is None:
             return None
         blob_id, size = candidate

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cargohold.auth.principal import Principal, PrincipalKind
 from cargohold.db import queries
 from cargohold.db.session import Database
 from cargohold.domain.digests import Digest
@@ -48,11 +49,27 @@ class ListingService:
                 return Page([], False)
             return _page(await queries.tags_page(session, repo_id, last or "", n + 1), n)
 
-    async def repositories(self, n: int, last: str | None) -> Page:
+    async def repositories(self, n: int, last: str | None, viewer: Principal) -> Page:
+        """Repository names `viewer` may see (all of them for a superuser)."""
         if n == 0:
             return Page([], False)
         async with self.db.read() as session:
-            return _page(await queries.repositories_page(session, last or "", n + 1), n)
+            if viewer.superuser:
+                rows = await queries.repositories_page(session, last or "", n + 1)
+            else:
+                rows = await queries.visible_repositories_page(
+                    session,
+                    last or "",
+                    n + 1,
+                    kind=viewer.kind.value,
+                    member=viewer.id if viewer.id is not None else -1,
+                    own_namespace=(
+                        viewer.namespace_id
+                        if viewer.kind is PrincipalKind.USER and viewer.namespace_id is not None
+                        else -1
+                    ),
+                )
+            return _page(rows, n)
 
     async def referrers(
         self,

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from cargohold.auth.access import AccessService
+from cargohold.auth.credentials import Authenticator
+from cargohold.auth.identity import DatabaseProvider, IdentityProvider
+from cargohold.auth.keys import KeyRing, load_or_create_secret_key
+from cargohold.auth.permissions import PermissionCache, Permissions
+from cargohold.auth.throttle import LoginThrottle
+from cargohold.auth.tokens import RegistryTokens
 from cargohold.db.session import Database
+from cargohold.services.audit import AuditLog
 from cargohold.services.blobs import BlobService
 from cargohold.services.cache import MetadataCache, SharedFileGeneration
+from cargohold.services.credentials import CredentialService
 from cargohold.services.listings import ListingService
 from cargohold.services.manifests import ManifestService
+from cargohold.services.repositories import RepositoryCreator
+from cargohold.services.sessions import SessionService
 from cargohold.services.uploads import UploadService
+from cargohold.services.users import UserService
 from cargohold.settings import Settings
 from cargohold.storage.driver import StorageDriver
 
@@ -26,12 +39,47 @@ class Runtime:
     listings: ListingService
 
     cache: MetadataCache
+    audit: AuditLog
+    users: UserService
+    permissions: Permissions
+    authenticator: Authenticator
+    tokens: RegistryTokens
+    access: AccessService
+    throttle: LoginThrottle
+    credentials: CredentialService
+    sessions: SessionService
+    creator: RepositoryCreator
 
     @classmethod
     def build(cls, settings: Settings, db: Database, storage: StorageDriver) -> Runtime:
         reg = settings.registry
         # Worker processes of one host share the invalidation counter through a file.
-        cache = MetadataCache(SharedFileGeneration(Path(settings.data_dir) / "run" / "cache-gen"))
+        run = Path(settings.data_dir) / "run"
+        cache = MetadataCache(SharedFileGeneration(run / "cache-gen"))
+        auth = settings.auth
+        audit = AuditLog(db, log_pulls=auth.audit.log_pulls)
+        # Permission and credential answers: dropped on this host's changes at once.
+        auth_generation = SharedFileGeneration(run / "auth-gen")
+        permissions = Permissions(
+            db, PermissionCache(auth_generation, float(auth.credential_cache_seconds))
+        )
+        throttle = LoginThrottle(db, auth.lockout)
+        authenticator = Authenticator(
+            db,
+            identity_provider(settings, db),
+            throttle,
+            audit,
+            auth_generation,
+            superusers=frozenset(auth.superusers),
+            cache_seconds=float(auth.credential_cache_seconds),
+            refuse_password_on_cli=auth.refuse_password_on_cli,
+            delay_after=auth.lockout.delay_after,
+            delay_seconds=auth.lockout.delay_seconds,
+        )
+        secret = load_or_create_secret_key(auth.secret_key.get_secret_value(), settings.data_dir)
+        ttl = timedelta(seconds=auth.token_ttl_seconds)
+        keys = KeyRing(db, secret, timedelta(days=auth.key_rotation_days), ttl)
+        creator = RepositoryCreator(db, audit, public_by_default=auth.new_repositories_public)
         return cls(
             settings=settings,
             db=db,
@@ -41,7 +89,28 @@ class Runtime:
             manifests=ManifestService(db, cache, max_manifest_bytes=reg.max_manifest_bytes),
             listings=ListingService(db, cache),
             cache=cache,
+            audit=audit,
+            users=UserService(db, audit),
+            permissions=permissions,
+            authenticator=authenticator,
+            tokens=RegistryTokens(keys, auth.service, auth.service, ttl),
+            access=AccessService(permissions, creator),
+            throttle=throttle,
+            credentials=CredentialService(db, audit, authenticator.changed),
+            sessions=SessionService(db),
+            creator=creator,
         )
 
     async def close(self) -> None:
+        await self.audit.flush()
         await self.db.dispose()
+
+
+def identity_provider(settings: Settings, db: Database) -> IdentityProvider:
+    """The configured provider of password sign-in. OIDC signs in through the browser,
+    so on the CLI its users use app tokens or the encrypted CLI password."""
+    if settings.auth.provider == "ldap":
+        from cargohold.auth.ldap import LdapProvider
+
+        return LdapProvider(settings.auth.ldap)
+    return DatabaseProvider(db)

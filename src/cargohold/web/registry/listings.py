@@ -36,7 +36,7 @@ async def list_tags(call: Call) -> Response:
 
 async def catalog(call: Call) -> Response:
     n = page_size(call.request, call.runtime.settings.registry.max_page_size)
-    page = await call.runtime.listings.repositories(n, last_param(call.request))
+    page = await call.runtime.listings.repositories(n, last_param(call.request), call.principal)
     link = next_link("/v2/_catalog", n, page.last) if page.has_more and page.last else None
     return _json({"repositories": page.items}, link)
 

@@ -13,11 +13,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from cargohold.auth.access import Action, Principal, authorize
-from cargohold.domain.errors import RegistryError
+from cargohold.auth.access import Action, Principal
+from cargohold.domain.errors import RegistryError, Unauthorized
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.runtime import Runtime
-from cargohold.web.context import principal_of, runtime_of
+from cargohold.web.context import runtime_of
+from cargohold.web.registry.auth import authenticate, challenge, origin_of
 from cargohold.web.registry.errors import error_response, to_response
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,24 @@ class Router:
                 allow = {"Allow": self.allowed_methods(path)}
                 return error_response(405, "UNSUPPORTED", "method not allowed", headers=allow)
             return error_response(404, "NOT_FOUND", "no such endpoint")
+        runtime = runtime_of(request)
+        name = params.get("name")
         try:
-            call = Call(request, runtime_of(request), await principal_of(request), params)
-            name = params.get("name")
+            call = Call(request, runtime, await authenticate(request, runtime), params)
             if name is not None:
                 call.repository = parse_repository(name)
             if r.action is not None:
-                authorize(call.principal, r.action, name)
+                await runtime.access.check(
+                    call.principal, r.action, call.repository, origin_of(request)
+                )
             response = await r.handler(call)
+        except Unauthorized as exc:
+            response = to_response(exc)
+            error = "insufficient_scope" if request.headers.get("authorization") else ""
+            response.headers["WWW-Authenticate"] = challenge(
+                request, runtime, r.action, name, error
+            )
+            return response
         except RegistryError as exc:
             return to_response(exc)
         except ClientDisconnect:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from starlette.responses import Response
+
 from cargohold.auth.access import Action
-from cargohold.web.registry import blobs, listings, manifests, uploads
-from cargohold.web.registry.router import Router, route
+from cargohold.web.registry import auth, blobs, listings, manifests, uploads
+from cargohold.web.registry.router import Call, Router, route
 
 NAME = r"(?P<name>[^?#]+?)"
 DIGEST = r"(?P<digest>[^/]+)"
 UPLOAD = r"(?P<upload>[^/]+)"
 REFERENCE = r"(?P<reference>[^/]+)"
 
+
+async def _token(call: Call) -> Response:
+    return await auth.token(call.request, call.runtime)
+
+
 M, B, U = "/manifests/", "/blobs/", "/blobs/uploads"
 ROUTES = [
-    route("GET,HEAD", r"/v2/?", None, listings.api_version),
+    route("GET,HEAD", r"/v2/?", Action.LOGIN, listings.api_version),
+    route("GET,POST", r"/v2/auth", None, _token, "/auth"),
     route("GET", r"/v2/_catalog", Action.CATALOG, listings.catalog, "_catalog"),
     route("GET", rf"/v2/{NAME}/tags/list", Action.PULL, listings.list_tags, "/tags/list"),
     route("GET,HEAD", rf"/v2/{NAME}{M}{REFERENCE}", Action.PULL, manifests.get_manifest, M),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from cargohold.auth.access import Action, may
+from cargohold.auth.access import Action
 from cargohold.domain.digests import parse_digest
 from cargohold.domain.errors import DigestInvalid, NameInvalid
 from cargohold.domain.names import RepositoryName, parse_repository
@@ -48,8 +48,9 @@ async def start_upload(call: Call) -> Response:
         except NameInvalid:
             usable = False  # an unusable `from` just means no mount: upload instead
 
-        def readable(name: str) -> bool:
-            return may(call.principal, Action.PULL, name)
+        async def readable(name: str) -> bool:
+            # Mounting needs read access on the source, as pulling it would.
+            return await call.runtime.access.may(call.principal, Action.PULL, name)
 
         blob = await runtime.blobs.mount(call.repo, digest, source, readable) if usable else None
         if blob is not None:

@@ -1,0 +1,145 @@
+"""Keys that sign registry tokens: RSA, kept in the database so that every replica signs
+and verifies with the same set, encrypted at rest with the configured secret key, and
+rotated: a key signs for `rotation` and verifies until the last token it signed expired."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from cargohold.db.base import utcnow
+from cargohold.db.session import Database, run_write
+from cargohold.db.sql import sql
+from cargohold.db.values import as_datetime
+
+LIVE_KEYS = sql(
+    "SELECT kid, private_key, public_jwk, retire_at FROM signing_key WHERE expires_at > :now"
+)
+INSERT_KEY = sql(
+    """INSERT INTO signing_key (kid, private_key, public_jwk, created_at, retire_at, expires_at)
+       VALUES (:kid, :private_key, :public_jwk, :now, :retire_at, :expires_at)"""
+)
+DELETE_EXPIRED = sql("DELETE FROM signing_key WHERE expires_at <= :now")
+
+REFRESH_SECONDS = 60.0
+
+
+def load_or_create_secret_key(configured: str, data_dir: str) -> bytes:
+    """The Fernet key that encrypts signing keys: derived from the configured secret, or
+    generated once into <data_dir>/run/secret-key (mode 0600) for the embedded default."""
+    if configured:
+        raw = hashlib.sha256(configured.encode()).digest()
+        return base64.urlsafe_b64encode(raw)
+    path = Path(data_dir) / "run" / "secret-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        key = Fernet.generate_key()
+        try:
+            with open(path, "xb") as f:  # another process may have won the race
+                f.write(key)
+            path.chmod(0o600)
+            return key
+        except FileExistsError:
+            return path.read_bytes().strip()
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    kid: str
+    private_pem: bytes
+    public_jwk: dict[str, Any]
+    retire_at: datetime
+
+    @property
+    def public_key(self) -> Any:
+        return RSAAlgorithm.from_jwk(self.public_jwk)
+
+
+class KeyRing:
+    def __init__(self, db: Database, secret_key: bytes, rotation: timedelta, ttl: timedelta):
+        self.db = db
+        self.fernet = Fernet(secret_key)
+        self.rotation = rotation
+        self.ttl = ttl
+        self._keys: dict[str, SigningKey] = {}
+        self._loaded_at = 0.0
+
+    async def _load(self) -> None:
+        async with self.db.read() as session:
+            rows = await session.all(LIVE_KEYS, now=utcnow())
+        keys: dict[str, SigningKey] = {}
+        for kid, private, jwk, retire_at in rows:
+            pem = self.fernet.decrypt(bytes(private))
+            keys[kid] = SigningKey(kid, pem, json.loads(jwk), as_datetime(retire_at) or utcnow())
+        self._keys = keys
+        self._loaded_at = time.monotonic()
+
+    async def _fresh(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._loaded_at > REFRESH_SECONDS:
+            await self._load()
+
+    async def current(self) -> SigningKey:
+        """The newest key still signing; a new one when none is."""
+        await self._fresh()
+        now = utcnow()
+        signing = [k for k in self._keys.values() if k.retire_at > now]
+        if not signing:
+            await self._create()
+            await self._fresh(force=True)
+            signing = [k for k in self._keys.values() if k.retire_at > now]
+        return max(signing, key=lambda k: k.retire_at)
+
+    async def verifying_key(self, kid: str) -> SigningKey | None:
+        await self._fresh()
+        key = self._keys.get(kid)
+        if key is None and time.monotonic() - self._loaded_at > 1.0:
+            # Another replica may have created it since we loaded.
+            await self._fresh(force=True)
+            key = self._keys.get(kid)
+        return key
+
+    async def jwks(self) -> dict[str, Any]:
+        await self.current()
+        return {"keys": [k.public_jwk for k in self._keys.values()]}
+
+    async def _create(self) -> None:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        kid = secrets.token_hex(8)
+        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+        jwk.update(kid=kid, use="sig", alg="RS256")
+        now = utcnow()
+        retire_at = now + self.rotation
+        expires_at = retire_at + self.ttl + timedelta(minutes=5)
+
+        async def work(session: Any) -> None:
+            await session.run(DELETE_EXPIRED, now=now)
+            await session.run(
+                INSERT_KEY,
+                kid=kid,
+                private_key=self.fernet.encrypt(pem),
+                public_jwk=json.dumps(jwk),
+                now=now,
+                retire_at=retire_at,
+                expires_at=expires_at,
+            )
+
+        await run_write(self.db, work)

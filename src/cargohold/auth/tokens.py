@@ -1,0 +1,141 @@
+"""Registry bearer tokens (the Docker token flow): signed JWTs whose `access` claim lists
+what the holder may do. Verification trusts only our own keys by `kid` and RS256: a
+token's header cannot bring its own key (jwk, jku, x5c) or choose the algorithm."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+
+from cargohold.auth.keys import KeyRing
+from cargohold.auth.principal import Method, Principal, PrincipalKind
+
+ALGORITHM = "RS256"
+_FORBIDDEN_HEADERS = ("jwk", "jku", "x5c", "x5u", "crit")
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One `scope` parameter: repository:<name>:<actions> or registry:catalog:*."""
+
+    type: str
+    name: str
+    actions: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Scope | None:
+        # The name may contain ':' only as a port in a hostname prefix; ours never does,
+        # so split at the first and last colon.
+        first, last = text.find(":"), text.rfind(":")
+        if first <= 0 or last == first:
+            return None
+        kind, name, actions = text[:first], text[first + 1 : last], text[last + 1 :]
+        if kind not in ("repository", "registry") or not name:
+            return None
+        return cls(kind, name, frozenset(a for a in actions.split(",") if a))
+
+
+class RegistryTokens:
+    def __init__(self, keys: KeyRing, issuer: str, service: str, ttl: timedelta) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.service = service
+        self.ttl = ttl
+        self._verified: dict[str, tuple[float, Principal]] = {}
+
+    async def issue(
+        self, principal: Principal, access: Iterable[tuple[str, str, Iterable[str]]]
+    ) -> tuple[str, int]:
+        """A token for `principal` granting `access` ((type, name, actions) triples);
+        returns the token and its lifetime in seconds."""
+        key = await self.keys.current()
+        now = int(time.time())
+        ttl = int(self.ttl.total_seconds())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": principal.name or "",
+            "aud": self.service,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + ttl,
+            "jti": secrets.token_hex(16),
+            "access": [{"type": t, "name": n, "actions": sorted(set(a))} for t, n, a in access],
+            # Who, in our terms, so that the token can be turned back into a Principal.
+            "ch": {
+                "kind": principal.kind.value,
+                "id": principal.id,
+                "ns": principal.namespace_id,
+                "su": principal.superuser,
+                "cred": principal.credential_id,
+            },
+        }
+        token = jwt.encode(claims, key.private_pem, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return token, ttl
+
+    async def verify(self, token: str) -> Principal:
+        hit = self._verified.get(token)
+        if hit is not None and hit[0] > time.time():
+            return hit[1]
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("malformed token") from exc
+        if header.get("alg") != ALGORITHM or any(h in header for h in _FORBIDDEN_HEADERS):
+            raise InvalidToken("token algorithm or header not accepted")
+        kid = header.get("kid")
+        key = await self.keys.verifying_key(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidToken("unknown signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[ALGORITHM],
+                audience=self.service,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "nbf", "aud", "iss", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from exc
+        principal = _principal(claims)
+        if len(self._verified) > 50_000:
+            self._verified.clear()
+        self._verified[token] = (float(claims["exp"]), principal)
+        return principal
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    who = claims.get("ch") or {}
+    grants: dict[str, frozenset[str]] = {}
+    for entry in claims.get("access") or []:
+        if not isinstance(entry, dict):
+            continue
+        actions = frozenset(str(a) for a in entry.get("actions") or [])
+        if entry.get("type") == "repository":
+            grants[str(entry.get("name"))] = actions
+        elif entry.get("type") == "registry" and entry.get("name") == "catalog":
+            grants[""] = actions
+    try:
+        kind = PrincipalKind(who.get("kind", "anonymous"))
+    except ValueError as exc:
+        raise InvalidToken("unknown principal kind") from exc
+    return Principal(
+        kind=kind,
+        name=claims.get("sub") or None,
+        id=who.get("id"),
+        namespace_id=who.get("ns"),
+        superuser=bool(who.get("su")),
+        method=Method.REGISTRY_TOKEN,
+        credential_id=who.get("cred"),
+        grants=grants,
+    )
