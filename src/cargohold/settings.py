@@ -103,7 +103,9 @@ class OidcSettings(_Strict):
 class LockoutSettings(_Strict):
     # Failed logins per account or per address within the window slow the next attempts
     # down, then lock them out for `lock_seconds`.
-    max_failures: int = Field(5, ge=1)
+    max_failures: int = Field(5, ge=1)  # per account name
+    # Per client address: higher, since many users may share one address (NAT, proxies).
+    max_failures_per_address: int = Field(50, ge=1)
     window_seconds: int = Field(900, ge=1)
     lock_seconds: int = Field(900, ge=1)
     delay_after: int = Field(3, ge=0)  # failures before each answer is delayed

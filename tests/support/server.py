@@ -71,6 +71,11 @@ class RegistryProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
         env["CARGOHOLD_DATA_DIR"] = str(self.data_dir)
         env["CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+        # Shared test servers see many deliberate login failures, all from 127.0.0.1: no
+        # lockout or delay unless a test asks for them (tests/security covers lockout).
+        env["CARGOHOLD_AUTH__LOCKOUT__MAX_FAILURES"] = "100000"
+        env["CARGOHOLD_AUTH__LOCKOUT__MAX_FAILURES_PER_ADDRESS"] = "100000"
+        env["CARGOHOLD_AUTH__LOCKOUT__DELAY_AFTER"] = "100000"
         if self.database_url:
             env["CARGOHOLD_DATABASE__URL"] = self.database_url
         env.update(self.extra_env)

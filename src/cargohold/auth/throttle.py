@@ -74,7 +74,8 @@ class LoginThrottle:
                     if (now - start).total_seconds() >= s.window_seconds:
                         failures, start = 0, now
                 failures += 1
-                if failures >= s.max_failures and (until is None or until <= now):
+                limit = s.max_failures_per_address if key.startswith("ip:") else s.max_failures
+                if failures >= limit and (until is None or until <= now):
                     until = now + timedelta(seconds=s.lock_seconds)
                     newly_locked = True
                     failures, start = 0, now

@@ -109,10 +109,10 @@ async def token(request: Request, runtime: Runtime) -> Response:
         grant = (form.get("grant_type") or [""])[0]
         if grant != "password":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
-        credentials: tuple[str, str] | None = (
-            (form.get("username") or [""])[0],
-            (form.get("password") or [""])[0],
-        )
+        username = (form.get("username") or [""])[0]
+        if not username:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        credentials: tuple[str, str] | None = (username, (form.get("password") or [""])[0])
         service = (form.get("service") or [""])[0]
         scope_values = form.get("scope") or []
     else:
