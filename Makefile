@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: help run test check fmt migrate bench bench-scale bench-memory bench-quick system-deps clean
+.PHONY: help run test check fmt migrate bench bench-auth bench-scale bench-memory bench-quick system-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,9 @@ migrate: $(STAMP) ## bring the database schema up to date
 
 bench: $(STAMP) system-deps ## benchmark against CNCF Distribution; writes docs/benchmarks.md
 	$(BIN)/python bench/compare.py
+
+bench-auth: $(STAMP) system-deps ## the same with auth on both sides (token flow vs htpasswd); writes docs/benchmarks-auth.md
+	$(BIN)/python bench/compare.py --auth
 
 bench-scale: $(STAMP) ## tags/catalog pages at scale (SQLite and PostgreSQL); writes docs/benchmarks-scale.md
 	$(BIN)/python bench/scale.py --database sqlite --database postgresql://postgres@127.0.0.1:5432/postgres

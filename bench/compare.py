@@ -6,16 +6,27 @@ Starts both registries fresh (temporary data directories, free ports on
 (every workload alternately on both, median of the rounds), stops them, and
 writes a Markdown report with a ratio chart:
 
-  <out>                              default docs/benchmarks.md
+  <out>                              default docs/benchmarks.md (--auth: docs/benchmarks-auth.md)
   <out dir>/<name>-ratios.svg        the chart, linked from the report
   <out dir>/bench-results/<name>.json, .log   regbench's raw JSON and progress log
+
+Authentication: cargohold always requires it. It starts with a first superuser (a
+random password per run) and regbench gets those credentials; cargohold's 401 names a
+token realm, so regbench does the Docker token flow against it, as docker and podman do
+(a 401 and a token request for each new set of scopes, then a JWT on every request).
+Without --auth, Distribution runs open, as in shared/bench/BASELINE.md. With --auth,
+Distribution requires Basic auth (htpasswd, bcrypt), and a second pass compares
+cargohold's token flow with cargohold taking Basic credentials on every request (the
+cheapest authentication it has: what the token flow costs); --no-basic-pass skips it.
 
 regbench is the shared yardstick; it is looked up in $REGBENCH, else in
 ../shared/bench/regbench.py next to the repository.
 
 Examples (from the repository root):
   .venv/bin/python bench/compare.py                   # full run (make bench), ~6-10 min
+  .venv/bin/python bench/compare.py --auth            # make bench-auth, two passes, ~15-20 min
   .venv/bin/python bench/compare.py --quick           # CI smoke run, < 1 min, bench/.out/quick/
+  .venv/bin/python bench/compare.py --quick --auth    # ~2 min, bench/.out/quick-auth/
   .venv/bin/python bench/compare.py --workloads manifest_get,blob_head --rounds 5
   .venv/bin/python bench/compare.py --quick --standin  # harness self-test without cargohold
 
@@ -49,8 +60,12 @@ import sysinfo
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
+AUTH_OUT = REPO / "docs" / "benchmarks-auth.md"
 SCRATCH_OUT = REPO / "bench" / ".out"  # --quick / --standin reports, ignored by git
+BASIC_WRAPPER = REPO / "bench" / "regbench_basic.py"
 CANDIDATE, BASELINE, STANDIN = "cargohold", "distribution", "cargohold-standin"
+CANDIDATE_BASIC = "cargohold-basic"
+URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 # Small sizes and short loads: a smoke run that exercises every endpoint regbench uses.
 QUICK_ARGS = [
@@ -61,7 +76,9 @@ QUICK_ARGS = [
 ]  # fmt: skip
 FULL_BLOB_SIZE = 256 << 20  # regbench's default --blob-size
 QUICK_BLOB_SIZE = 16 << 20
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
+# Environment variables whose values are hidden in the report: their last word is one of these
+# (CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD, not CARGOHOLD_AUTH__TOKEN_TTL_SECONDS).
+SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|KEY)$", re.IGNORECASE)
 
 
 SetupError = servers.SetupError
@@ -109,8 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        help="Markdown report to write (default docs/benchmarks.md; with --quick or "
-        "--standin: bench/.out/<mode>/benchmarks.md)",
+        help="Markdown report to write (default docs/benchmarks.md, with --auth "
+        "docs/benchmarks-auth.md; with --quick or --standin under bench/.out/<mode>/)",
+    )
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="Distribution with htpasswd (Basic auth) against cargohold's token flow, then "
+        "cargohold's token flow against cargohold with Basic; writes docs/benchmarks-auth.md",
+    )
+    p.add_argument(
+        "--no-basic-pass",
+        dest="basic_pass",
+        action="store_false",
+        help="with --auth: skip the second pass (cargohold token flow vs Basic)",
     )
     p.add_argument(
         "--standin",
@@ -155,17 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def mode_name(args: argparse.Namespace) -> str:
-    return (
-        "-".join(m for m, on in (("quick", args.quick), ("standin", args.standin)) if on) or "full"
-    )
+    modes = (("quick", args.quick), ("standin", args.standin), ("auth", args.auth))
+    return "-".join(m for m, on in modes if on) or "full"
 
 
 def output_path(args: argparse.Namespace) -> Path:
     if args.out is not None:
         return Path(args.out).resolve()
+    default = AUTH_OUT if args.auth else DEFAULT_OUT
     if args.quick or args.standin:
-        return SCRATCH_OUT / mode_name(args) / "benchmarks.md"
-    return DEFAULT_OUT
+        return SCRATCH_OUT / mode_name(args) / default.name
+    return default
 
 
 def shorten(arg: str) -> str:
@@ -176,12 +205,35 @@ def shorten(arg: str) -> str:
     return rel if not rel.startswith("../..") else arg
 
 
+def hide_password(arg: str) -> str:
+    """http://user:secret@host -> http://user:***@host; NAME_PASSWORD=x -> NAME_PASSWORD=***
+    (a --server-env value)."""
+    name, sep, _ = arg.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and SECRET_KEY.search(name):
+        return f"{name}=***"
+    return URL_PASSWORD.sub(r"\1***@", arg)
+
+
 def display_command(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    """A shell command line with paths shortened and passwords (in the environment or in
+    URLs) replaced by ***."""
     assignments = [
         f"{k}={'***' if SECRET_KEY.search(k) else shlex.quote(shorten(v))}"
         for k, v in (env or {}).items()
     ]
-    return " ".join([*assignments, shlex.join(shorten(a) for a in argv)])
+    return " ".join([*assignments, shlex.join(hide_password(shorten(a)) for a in argv)])
+
+
+def scrub(path: Path, secrets: Sequence[str]) -> None:
+    """Replace every secret in a file (regbench records its command line) with ***."""
+    if not path.is_file():
+        return
+    text = path.read_text(errors="replace")
+    cleaned = text
+    for secret in secrets:
+        cleaned = cleaned.replace(secret, "***")
+    if cleaned != text:
+        path.write_text(cleaned)
 
 
 # --------------------------------------------------------------------------------------
@@ -241,6 +293,14 @@ def preflight(args: argparse.Namespace, regbench: Path, extra: Sequence[str]) ->
     for tool, package in (("wrk", "wrk"), ("docker-registry", "docker-registry")):
         if not shutil.which(tool):
             raise SetupError(f"`{tool}` not found on PATH (Debian: apt-get install {package})")
+    if args.auth:
+        try:
+            import bcrypt  # noqa: F401  (the htpasswd file for Distribution)
+        except ImportError as exc:
+            raise SetupError(
+                "--auth needs the Python package bcrypt (in the test extra: "
+                "`.venv/bin/pip install -e '.[test]'`)"
+            ) from exc
     if not args.standin and not os.access(args.cargohold, os.X_OK):
         raise SetupError(
             f"cargohold not found at {args.cargohold}: install the project into .venv first "
@@ -335,7 +395,7 @@ def server_info(server: servers.Server, tree_start: str, tree_end: str) -> repor
     )
 
 
-def write_outputs(out: Path, doc: dict[str, Any], info: report.RunInfo) -> Path:
+def write_outputs(out: Path, doc: dict[str, Any], info: report.RunInfo, chart_title: str) -> Path:
     """Write the Markdown report and its SVG chart; return the chart's path."""
     rows = report.rows_from_doc(doc, info.candidate, info.baseline)
     date = time.strftime("%Y-%m-%d", time.localtime(info.started))
@@ -343,38 +403,101 @@ def write_outputs(out: Path, doc: dict[str, Any], info: report.RunInfo) -> Path:
     subtitle = f"{date}, {rounds} round(s), {info.env.cpu_model}, {info.env.logical_cpus} CPUs"
     if info.quick:
         subtitle += ": QUICK SMOKE RUN, not a measurement"
-    title = f"{info.candidate} / Distribution: advantage per metric"
     svg_path = out.with_name(info.svg_link)
-    svg_path.write_text(report.render_svg(rows, title, subtitle, info.candidate))
+    svg_path.write_text(report.render_svg(rows, chart_title, subtitle, info.candidate))
     out.write_text(report.render_markdown(doc, info))
     return svg_path
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One `regbench compare` between two freshly started registries."""
+
+    key: str  # "main", "auth" or "basic"
+    candidate: str  # target A
+    baseline: str  # target B
+    baseline_kind: str  # "distribution" or "cargohold"
+    htpasswd: bool = False  # Distribution (and a stand-in) with Basic auth
+    basic: bool = False  # B is cargohold sent Basic credentials up front (regbench_basic.py)
+
+
+def plan(args: argparse.Namespace) -> list[Pass]:
+    cand = STANDIN if args.standin else CANDIDATE
+    passes = [Pass("auth" if args.auth else "main", cand, BASELINE, "distribution", args.auth)]
+    if args.auth and args.basic_pass and not args.standin:
+        passes.append(Pass("basic", CANDIDATE, CANDIDATE_BASIC, "cargohold", basic=True))
+    return passes
+
+
+@dataclass
+class PassRun:
+    spec: Pass
+    result: RegbenchRun
+    json_path: Path
+    log_path: Path
+    cand: servers.Server
+    base: servers.Server
+    infos: list[report.ServerInfo]
+    problems: list[str]
+
+    def doc(self) -> dict[str, Any] | None:
+        if self.result.returncode not in (0, 1) or not self.json_path.is_file():
+            return None
+        doc: dict[str, Any] = json.loads(self.json_path.read_text())
+        return doc
+
+    @property
+    def ok(self) -> bool:
+        return self.result.returncode == 0 and not self.problems
+
+
+def new_credentials() -> servers.Credentials:
+    return (servers.ADMIN_USER, servers.new_password())
+
+
 @contextlib.contextmanager
 def registries(
-    args: argparse.Namespace, regbench: Path, workdir: Path
+    args: argparse.Namespace, regbench: Path, workdir: Path, spec: Pass
 ) -> Iterator[tuple[servers.Server, servers.Server]]:
-    """Start the candidate and Distribution; stop both (process groups) on the way out."""
+    """Start the pass's two registries; stop both (process groups) on the way out."""
     running: list[servers.Server] = []
+    extra_env = dict(item.split("=", 1) for item in args.server_env)
     try:
-        cand_dir = workdir / (STANDIN if args.standin else CANDIDATE)
         if args.standin:
             cand = servers.start_distribution(
-                regbench, cand_dir, name=STANDIN, timeout=args.start_timeout
+                regbench,
+                workdir / STANDIN,
+                name=STANDIN,
+                timeout=args.start_timeout,
+                credentials=new_credentials() if spec.htpasswd else None,
             )
         else:
             cand = servers.start_cargohold(
                 args.cargohold,
-                cand_dir,
-                workdir / f"{CANDIDATE}.log",
-                name=CANDIDATE,
-                extra_env=dict(item.split("=", 1) for item in args.server_env),
+                workdir / spec.candidate,
+                workdir / f"{spec.candidate}.log",
+                name=spec.candidate,
+                extra_env=extra_env,
                 timeout=args.start_timeout,
             )
         running.append(cand)
-        base = servers.start_distribution(
-            regbench, workdir / BASELINE, name=BASELINE, timeout=args.start_timeout
-        )
+        if spec.baseline_kind == "cargohold":
+            base = servers.start_cargohold(
+                args.cargohold,
+                workdir / spec.baseline,
+                workdir / f"{spec.baseline}.log",
+                name=spec.baseline,
+                extra_env=extra_env,
+                timeout=args.start_timeout,
+            )
+        else:
+            base = servers.start_distribution(
+                regbench,
+                workdir / spec.baseline,
+                name=spec.baseline,
+                timeout=args.start_timeout,
+                credentials=new_credentials() if spec.htpasswd else None,
+            )
         running.append(base)
         yield cand, base
     finally:
@@ -421,37 +544,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     return servers.run_cli(lambda: run(args, invocation), log)
 
 
-def run(args: argparse.Namespace, invocation: list[str]) -> int:
-    started = time.time()
-    regbench = locate_regbench()
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    extra = shlex.split(args.regbench_args)
-    workloads = preflight(args, regbench, extra)
-    if args.rounds < 3 and not args.quick:
-        log("warning: fewer than 3 rounds; medians will not cancel much noise")
-    out = output_path(args)
-    results_dir = out.parent / "bench-results"
-    json_path, log_path = results_dir / f"{out.stem}.json", results_dir / f"{out.stem}.log"
+def regbench_command(
+    args: argparse.Namespace,
+    regbench: Path,
+    spec: Pass,
+    cand: servers.Server,
+    base: servers.Server,
+    workloads: Sequence[str],
+    extra: Sequence[str],
+    json_path: Path,
+) -> list[str]:
+    if spec.basic:
+        prefix = [sys.executable, str(BASIC_WRAPPER), str(regbench), f"{servers.HOST}:{base.port}"]
+    else:
+        prefix = [sys.executable, str(regbench)]
+    a_url = servers.url_with_credentials(cand.url, cand.credentials)
+    b_url = servers.url_with_credentials(base.url, base.credentials)
+    return [*prefix, "compare",
+            "--a", f"{cand.name}={a_url}", "--a-pid", str(cand.pid),
+            "--b", f"{base.name}={b_url}", "--b-pid", str(base.pid),
+            "--rounds", str(args.rounds), "--order", args.order,
+            "--workloads", ",".join(workloads), "--json", str(json_path),
+            *(QUICK_ARGS if args.quick else []), *extra]  # fmt: skip
 
+
+def run_pass(
+    args: argparse.Namespace,
+    regbench: Path,
+    spec: Pass,
+    workloads: Sequence[str],
+    extra: Sequence[str],
+    json_path: Path,
+    log_path: Path,
+) -> PassRun:
+    """Start the two registries, run regbench on them, stop them, delete their data."""
     workdir = Path(tempfile.mkdtemp(prefix="cargohold-bench-", dir=args.tmpdir))
-    env = sysinfo.collect(workdir)
-    problems: list[str] = []
     failed = True
     try:
-        with registries(args, regbench, workdir) as (cand, base):
+        with registries(args, regbench, workdir, spec) as (cand, base):
             trees = {s.name: describe_tree(s) for s in (cand, base)}
             for s in (cand, base):
                 log(f"{s.name}: {s.url}, PID {s.pid} ({trees[s.name]}), data {s.data_dir}")
-            cmd = [sys.executable, str(regbench), "compare",
-                   "--a", f"{cand.name}={cand.url}", "--a-pid", str(cand.pid),
-                   "--b", f"{base.name}={base.url}", "--b-pid", str(base.pid),
-                   "--rounds", str(args.rounds), "--order", args.order,
-                   "--workloads", ",".join(workloads), "--json", str(json_path),
-                   *(QUICK_ARGS if args.quick else []), *extra]  # fmt: skip
-            results_dir.mkdir(parents=True, exist_ok=True)
+            cmd = regbench_command(args, regbench, spec, cand, base, workloads, extra, json_path)
+            json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.unlink(missing_ok=True)
             result = run_regbench(cmd, log_path)
-            env.load_end = os.getloadavg()
+            passwords = [s.credentials[1] for s in (cand, base) if s.credentials]
+            for path in (json_path, log_path):
+                scrub(path, passwords)
             problems = [
                 f"**{s.name}** exited during the run (exit code {s.exit_code})"
                 for s in (cand, base)
@@ -466,43 +606,170 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
             log(f"data directories and server logs kept in {workdir}")
         else:
             remove_data(workdir, keep_logs=failed)
+    return PassRun(spec, result, json_path, log_path, cand, base, infos, problems)
 
-    if result.returncode not in (0, 1) or not json_path.is_file():
-        log(f"regbench failed (exit code {result.returncode}); its log: {shorten(str(log_path))}")
+
+def auth_notes(args: argparse.Namespace, out: Path) -> list[str]:
+    """The paragraphs of the report that say how each registry authenticated."""
+    if args.standin:
+        return [
+            "**Authentication.** Both registries are docker-registry"
+            + (" with `auth: htpasswd` (Basic, bcrypt)." if args.auth else " without it.")
+        ]
+    token_flow = (
+        "cargohold requires authentication: it started with a first superuser "
+        "(`CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD`, a random password per run) whose "
+        "credentials regbench got. cargohold's 401 names its token endpoint, so regbench did "
+        "the Docker token flow, as docker and podman do: for every new set of scopes (each new "
+        "repository) a 401, then `GET /v2/auth?service=...&scope=...` with the credentials "
+        "(Basic), then the token (a JWT) on every request. Tokens were issued for "
+        f"{servers.BENCH_AUTH_ENV['CARGOHOLD_AUTH__TOKEN_TTL_SECONDS']} s "
+        "(`CARGOHOLD_AUTH__TOKEN_TTL_SECONDS`; default 300 s) so that none expires in the "
+        "middle of a wrk or HEAD load, which cannot fetch a new one; the lifetime does not "
+        "change what a request costs."
+    )
+    if not args.auth:
+        auth_link = AUTH_OUT.name  # written next to this report by --auth
+        return [
+            f"**Authentication.** {token_flow} Distribution ran without authentication, as in "
+            "shared/bench/BASELINE.md: the cargohold figures include the cost of "
+            f"authentication, Distribution's do not. [{auth_link}]({auth_link}) "
+            "(`make bench-auth`) compares the two with authentication on both sides."
+        ]
+    main_link = DEFAULT_OUT.name  # written next to this report without --auth
+    return [
+        f"**Authentication on both sides.** {token_flow}",
+        "Distribution ran with `auth: htpasswd` (`regbench.py distribution --htpasswd`): one "
+        f"bcrypt entry of cost {servers.HTPASSWD_COST}, the cost `htpasswd -B` uses. Its 401 "
+        "asks for Basic, so regbench sent the credentials on every request after the first "
+        "401, and Distribution 2.8 checks the bcrypt hash of each request (it keeps no cache "
+        "of verified credentials).",
+        f"The same workloads with Distribution open: [{main_link}]({main_link}) (`make bench`).",
+    ]
+
+
+def basic_section(run: PassRun, doc: dict[str, Any] | None) -> str:
+    """The report section of the second pass: cargohold's token flow against Basic."""
+    if doc is None:
+        return (
+            "## What the token flow costs cargohold\n\n"
+            f"The second pass failed (regbench exit code {run.result.returncode}); its log: "
+            f"`{shorten(str(run.log_path))}`."
+        )
+    return report.render_auth_cost(doc, run.spec.candidate, run.spec.baseline)
+
+
+def run(args: argparse.Namespace, invocation: list[str]) -> int:
+    started = time.time()
+    regbench = locate_regbench()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    extra = shlex.split(args.regbench_args)
+    workloads = preflight(args, regbench, extra)
+    if args.rounds < 3 and not args.quick:
+        log("warning: fewer than 3 rounds; medians will not cancel much noise")
+    out = output_path(args)
+    results_dir = out.parent / "bench-results"
+    env = sysinfo.collect(Path(args.tmpdir or tempfile.gettempdir()))
+
+    runs: list[PassRun] = []
+    for spec in plan(args):
+        stem = out.stem if not runs else f"{out.stem}-{spec.key}"
+        log(f"pass {len(runs) + 1}: {spec.candidate} vs {spec.baseline}")
+        runs.append(
+            run_pass(
+                args,
+                regbench,
+                spec,
+                workloads,
+                extra,
+                results_dir / f"{stem}.json",
+                results_dir / f"{stem}.log",
+            )
+        )
+        if runs[0].doc() is None:
+            break
+    env.load_end = os.getloadavg()
+
+    first = runs[0]
+    doc = first.doc()
+    if doc is None:
+        log(
+            f"regbench failed (exit code {first.result.returncode}); its log: "
+            f"{shorten(str(first.log_path))}"
+        )
         return 2
-    print(result.text_report)
-    doc = json.loads(json_path.read_text())
+    print(first.result.text_report)
+    commands = [
+        (
+            "this run (`make bench-auth` runs it as `--auth`)"
+            if args.auth
+            else "this run (`make bench` runs it without options)",
+            display_command(invocation),
+        )
+    ]
+    extra_sections: list[str] = []
+    extra_raw: list[str] = []
+    problems = list(first.problems)
+    for i, r in enumerate(runs, 1):
+        what = f"pass {i}, " if len(runs) > 1 else ""
+        for s in (r.cand, r.base):
+            kind = (
+                "docker-registry, as in shared/bench/BASELINE.md"
+                + (", with --htpasswd" if s.credentials else "")
+                if s.kind == "distribution"
+                else "cargohold"
+            )
+            commands.append(
+                (f"{what}started by it, {s.name} ({kind})", display_command(s.argv, s.env))
+            )
+        commands.append((f"{what}the measurement", display_command(r.result.argv)))
+        if i > 1:
+            print(r.result.text_report)
+            problems += r.problems
+            second = r.doc()
+            if second is None:
+                problems.append(f"pass {i} failed (regbench exit code {r.result.returncode})")
+            elif report.errors_from_doc(second):
+                problems.append(f"pass {i}: a workload failed (see that section)")
+            extra_sections.append(basic_section(r, second))
+            for path, what_file in ((r.json_path, "JSON"), (r.log_path, "progress log")):
+                link = os.path.relpath(path, out.parent)
+                extra_raw.append(f"[{link}]({link}): pass {i}'s {what_file}.")
+    commands.append(("at the end, for each server", "kill -TERM -- -PGID   # and -KILL after 10 s"))
     info = report.RunInfo(
-        candidate=cand.name,
-        baseline=base.name,
+        candidate=first.cand.name,
+        baseline=first.base.name,
         quick=args.quick,
         standin=args.standin,
         started=started,
         duration_s=time.time() - started,
         env=env,
-        servers=infos,
-        commands=[
-            ("this run (`make bench` runs it without options)", display_command(invocation)),
-            (f"started by it, {cand.name}", display_command(cand.argv, cand.env)),
-            (
-                f"started by it, {base.name} (docker-registry, as in shared/bench/BASELINE.md)",
-                display_command(base.argv),
-            ),
-            ("the measurement", display_command(result.argv)),
-            ("at the end, for each server", "kill -TERM -- -PGID   # and -KILL after 10 s"),
-        ],
+        servers=[i for r in runs for i in r.infos],
+        commands=commands,
         svg_link=f"{out.stem}-ratios.svg",
-        json_link=os.path.relpath(json_path, out.parent),
-        json_path=shorten(str(json_path)),
-        log_link=os.path.relpath(log_path, out.parent),
+        json_link=os.path.relpath(first.json_path, out.parent),
+        json_path=shorten(str(first.json_path)),
+        log_link=os.path.relpath(first.log_path, out.parent),
         problems=problems,
+        title=(
+            f"Benchmarks with authentication: {first.cand.name} (token flow) vs CNCF "
+            "Distribution (htpasswd)"
+            if args.auth
+            else ""
+        ),
+        notes=auth_notes(args, out),
+        extra_sections=extra_sections,
+        extra_raw=extra_raw,
     )
     venv_python = None if args.standin else args.cargohold.parent / "python"
     env.versions = sysinfo.tool_versions(REPO, venv_python, regbench, shorten(str(regbench)))
-    svg_path = write_outputs(out, doc, info)
-    written = ", ".join(shorten(str(p)) for p in (out, svg_path, json_path, log_path))
-    log(f"wrote {written} in {time.time() - started:.0f}s")
-    return 0 if result.returncode == 0 and not problems else 1
+    chart = f"{info.candidate} / Distribution: advantage per metric"
+    if args.auth:
+        chart = f"{info.candidate} (token) / Distribution (htpasswd): advantage per metric"
+    svg_path = write_outputs(out, doc, info, chart)
+    written = [out, svg_path, *(p for r in runs for p in (r.json_path, r.log_path))]
+    log(f"wrote {', '.join(shorten(str(p)) for p in written)} in {time.time() - started:.0f}s")
+    return 0 if all(r.ok for r in runs) and len(runs) == len(plan(args)) else 1
 
 
 if __name__ == "__main__":

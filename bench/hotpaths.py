@@ -20,6 +20,12 @@ What a run does:
   4. stops every process it started (process groups: SIGTERM, then SIGKILL), also on errors
      and on Ctrl-C/SIGTERM, deletes the data, and writes <out>/summary.md + summary.json.
 
+Authentication: cargohold requires it. The server starts with a first superuser (a random
+password); every request of every load carries `Authorization`: with `--auth token` (the
+default, what docker and podman send) a registry token for both repositories, fetched once
+through the Docker token flow (valid for the whole run); with `--auth basic` the Basic
+credentials (verified once, then kept: CARGOHOLD_AUTH__CREDENTIAL_CACHE_SECONDS=3600).
+
 The loads (loopback only): manifest GET by tag (wrk -c32, or 32 threads of a keep-alive
 client when wrk is missing), blob HEAD (32 keep-alive connections), chunked upload (POST,
 PATCH 1 MiB chunks of a 32 MiB blob, PUT; 4 clients) and small monolithic uploads (POST +
@@ -77,6 +83,19 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
+
+# Verified Basic credentials are kept for the whole run (default 60 s), so that no argon2
+# check lands in a profile with --auth basic; tokens live an hour (servers.BENCH_AUTH_ENV).
+SERVER_ENV = {"CARGOHOLD_AUTH__CREDENTIAL_CACHE_SECONDS": "3600"}
+AUTH_TEXT = {
+    "token": "Authentication: every request carried a registry token (`Authorization: Bearer`, "
+    "a JWT for both repositories from the Docker token flow, fetched once with the "
+    "superuser's credentials), as docker and podman send; cargohold verifies it (cached "
+    "after the first time) on each request.",
+    "basic": "Authentication: every request carried the superuser's Basic credentials "
+    "(`--auth basic`); cargohold checked them once with argon2 and then found them in its "
+    "cache of verified credentials (kept for the whole run).",
+}
 
 SetupError = servers.SetupError
 
@@ -157,9 +176,14 @@ def render_request(
 
 
 class Conn:
-    def __init__(self, port: int, timeout: float = 120.0) -> None:
+    """One keep-alive connection; `auth` (the Authorization header) goes on every request."""
+
+    def __init__(
+        self, port: int, timeout: float = 120.0, auth: dict[str, str] | None = None
+    ) -> None:
         self.port = port
         self.timeout = timeout
+        self.auth = dict(auth or {})
         self._sock: socket.socket | None = None
         self._buf = bytearray()
 
@@ -183,7 +207,7 @@ class Conn:
         headers: dict[str, str] | None = None,
         body: bytes | bytearray | memoryview = b"",
     ) -> Reply:
-        hdrs = dict(headers or {})
+        hdrs = {**self.auth, **(headers or {})}
         if body or method in ("POST", "PUT", "PATCH"):
             hdrs["Content-Length"] = str(len(body))
         head = render_request(self.port, method, target, hdrs)
@@ -300,8 +324,8 @@ def push_blob(conn: Conn, repo: str, data: bytes) -> str:
     return digest
 
 
-def push_image(port: int) -> Image:
-    conn = Conn(port)
+def push_image(port: int, auth: dict[str, str]) -> Image:
+    conn = Conn(port, auth=auth)
     try:
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
         layer = random.Random(7).randbytes(MIB)
@@ -387,9 +411,16 @@ class ThreadLoad:
     stopped. Windows are measured from the threads' tallies."""
 
     def __init__(
-        self, port: int, threads: int, make_step: Callable[[int], Step], what: str, warmup: float
+        self,
+        port: int,
+        threads: int,
+        make_step: Callable[[int], Step],
+        what: str,
+        warmup: float,
+        auth: dict[str, str],
     ) -> None:
         self.port = port
+        self.auth = auth
         self.what = what
         self.client = f"this harness, {threads} threads with a keep-alive connection each"
         self.warmup = warmup
@@ -401,7 +432,7 @@ class ThreadLoad:
         self._mark: tuple[float, int, int, int] = (0.0, 0, 0, 0)
 
     def _run(self, index: int) -> None:
-        conn = Conn(self.port)
+        conn = Conn(self.port, auth=self.auth)
         tally = self._tallies[index]
         try:
             step = self._make_step(index)
@@ -469,7 +500,8 @@ class WrkLoad:
         self.url = url
         self.headers = headers
         self.connections = connections
-        self.what = f"wrk -t2 -c{connections} -H 'Accept: ...' (GET {urlsplit(url).path})"
+        shown = " ".join(f"-H '{k}: ...'" for k in headers)
+        self.what = f"wrk -t2 -c{connections} {shown} (GET {urlsplit(url).path})"
         self.client = f"wrk -t2 -c{connections}"
         self.wrk = wrk
         self.margin = 0.75
@@ -745,18 +777,24 @@ PATHS = (
 
 
 def make_load(
-    name: str, port: int, image: Image, sizes: Sizes, wrk: str | None, workdir: Path
+    name: str,
+    port: int,
+    image: Image,
+    sizes: Sizes,
+    wrk: str | None,
+    workdir: Path,
+    auth: dict[str, str],
 ) -> Load:
     c = sizes.connections
     if name == "manifest-get":
         target = f"/v2/{IMAGE_REPO}/manifests/{TAG}"
         if wrk:
             url = f"http://{HOST}:{port}{target}"
-            return WrkLoad(wrk, url, {"Accept": OCI_MANIFEST}, c, workdir)
+            return WrkLoad(wrk, url, {"Accept": OCI_MANIFEST, **auth}, c, workdir)
         return MuxLoad(
             port,
             c,
-            render_request(port, "GET", target, {"Accept": OCI_MANIFEST}),
+            render_request(port, "GET", target, {"Accept": OCI_MANIFEST, **auth}),
             head_only=False,
             must_have=[f"docker-content-digest: {image.manifest_digest}".encode()],
             what=f"GET {target} with Accept: {OCI_MANIFEST}, {c} connections",
@@ -767,7 +805,7 @@ def make_load(
         return MuxLoad(
             port,
             c,
-            render_request(port, "HEAD", target),
+            render_request(port, "HEAD", target, auth),
             head_only=True,
             must_have=[
                 f"docker-content-digest: {image.layer_digest}".encode(),
@@ -782,14 +820,14 @@ def make_load(
             f"chunks of a new {sizes.upload_blob // MIB} MiB blob, PUT ?digest="
         )
         step = chunked_upload_step(sizes.upload_blob, sizes.upload_chunk)
-        return ThreadLoad(port, sizes.upload_clients, step, what, sizes.warmup)
+        return ThreadLoad(port, sizes.upload_clients, step, what, sizes.warmup, auth)
     if name == "upload-small":
         what = (
             f"{sizes.small_clients} clients, each: POST, PUT ?digest= with a new "
             f"{sizes.small_blob} B blob"
         )
         step = small_upload_step(sizes.small_blob)
-        return ThreadLoad(port, sizes.small_clients, step, what, sizes.warmup)
+        return ThreadLoad(port, sizes.small_clients, step, what, sizes.warmup, auth)
     raise ValueError(name)
 
 
@@ -1231,6 +1269,7 @@ class ProfileRun:
     versions: dict[str, str]
     paths: list[PathRun]
     warnings: list[str] = field(default_factory=list)
+    auth: str = "token"  # what the requests carried: "token" or "basic"
 
 
 def render_markdown(run: ProfileRun, env: sysinfo.Environment) -> str:
@@ -1249,6 +1288,8 @@ def render_markdown(run: ProfileRun, env: sysinfo.Environment) -> str:
         f"Server: `{run.server_cmd}`; py-spy sampled the worker process (PID {run.worker}, "
         f"the child of `cargohold serve`) at {s.rate} Hz for {s.duration:.0f} s per profile, "
         "pausing it for each sample (py-spy's default).",
+        "",
+        AUTH_TEXT[run.auth],
         "",
         "How to read the tables:",
         "",
@@ -1391,6 +1432,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=int, help="py-spy samples per second (250)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unprofiled window")
     p.add_argument("--no-wrk", action="store_true", help="Python client for manifest GET too")
+    p.add_argument(
+        "--auth",
+        choices=("token", "basic"),
+        default="token",
+        help="what every request carries: a registry token (Docker token flow, as docker and "
+        "podman) or the superuser's Basic credentials",
+    )
     p.add_argument("--cargohold", type=Path, default=REPO / ".venv" / "bin" / "cargohold")
     p.add_argument("--py-spy", dest="py_spy", help="py-spy executable (.venv/bin/py-spy)")
     p.add_argument("--tmpdir", help="where the data directory goes (system temp)")
@@ -1456,7 +1504,11 @@ def run(args: argparse.Namespace, invocation: str) -> int:
     failed = True  # until every path ran: keeps the server log on an error
     try:
         server = servers.start_cargohold(
-            args.cargohold, workdir / "data", workdir / "cargohold.log", timeout=args.start_timeout
+            args.cargohold,
+            workdir / "data",
+            workdir / "cargohold.log",
+            timeout=args.start_timeout,
+            extra_env=SERVER_ENV,
         )
         workers = [p for p in servers.process_tree(server.pid) if p != server.pid]
         if len(workers) != 1:
@@ -1464,12 +1516,17 @@ def run(args: argparse.Namespace, invocation: str) -> int:
         worker = workers[0]
         log(f"cargohold on {server.url} (process group {server.pid}, worker {worker})")
         check_ptrace(spy, worker)
+        auth = (
+            server.bearer([f"repository:{r}:pull,push" for r in (IMAGE_REPO, UPLOAD_REPO)])
+            if args.auth == "token"
+            else server.authorization
+        )
         try:
-            image = push_image(server.port)
+            image = push_image(server.port, auth)
         except (LoadError, OSError, http.client.HTTPException) as exc:
             raise SetupError(f"pushing the test image failed: {exc}") from exc
         for pdef in paths:
-            load = make_load(pdef.name, server.port, image, sizes, use_wrk, workdir)
+            load = make_load(pdef.name, server.port, image, sizes, use_wrk, workdir, auth)
             results.append(profile_path(pdef, load, server, worker, spy, sizes, out))
             if not server.alive() or not servers.is_running(worker):
                 break
@@ -1509,6 +1566,7 @@ def run(args: argparse.Namespace, invocation: str) -> int:
         worker=worker,
         versions=versions,
         paths=results,
+        auth=args.auth,
     )
     if (sysinfo.git_revision(REPO), sysinfo.source_fingerprint(REPO)) != (revision, fingerprint):
         report.warnings.append("cargohold's source changed while this ran")

@@ -9,13 +9,25 @@ its port belongs to a process in the tree we started, so that a port taken by
 someone else between our probe and the server's bind cannot be mistaken for
 our server. The PID handed to regbench is the root of that tree: regbench sums
 CPU and RSS over the root and all its descendants.
+
+cargohold requires authentication: every cargohold started here gets a first superuser
+(`admin`, a random password per start, CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD), kept in
+`Server.credentials`. Distribution runs open (BASELINE.md) unless it is given an htpasswd
+file (Basic auth, bcrypt). A server that answers `GET /v2/` with 401 is ready once the same
+request with its credentials answers 200. `token()` does the Docker token flow as docker
+and podman do (challenge, then GET <realm>?service=&scope= with Basic) for the scripts
+that speak HTTP themselves.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import json
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,9 +37,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote, urlencode, urlsplit
 
 HOST = "127.0.0.1"
 PORT_ATTEMPTS = 3
+ADMIN_USER = "admin"
+# Registry tokens live 300 s by default. The benchmarks keep one token for a whole load
+# (wrk and the HEAD load generators cannot fetch a new one in the middle), so they ask for
+# an hour; what a request costs does not depend on it. --server-env may override it.
+BENCH_AUTH_ENV = {"CARGOHOLD_AUTH__TOKEN_TTL_SECONDS": "3600"}
+# bcrypt cost of the htpasswd file for Distribution: that of `htpasswd -B` (apache2-utils)
+# and of Distribution's own documentation example.
+HTPASSWD_COST = 5
+
+Credentials = tuple[str, str]  # (user, password)
 
 
 class ServerError(Exception):
@@ -156,16 +179,100 @@ def socket_owners(port: int, pids: Sequence[int]) -> list[int]:
     return owners
 
 
-def http_status(port: int, path: str = "/v2/", timeout: float = 2.0) -> int | None:
+def http_status(
+    port: int, path: str = "/v2/", timeout: float = 2.0, headers: Mapping[str, str] | None = None
+) -> int | None:
     """Status of GET path on 127.0.0.1:port, or None when nothing answers."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=dict(headers or {}))
         resp = conn.getresponse()
         resp.read()
         return resp.status
     except (OSError, http.client.HTTPException):
         return None
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------
+# Credentials
+# --------------------------------------------------------------------------------------
+
+
+def new_password() -> str:
+    """A random password (URL-safe characters, so it can go into a URL unquoted)."""
+    return secrets.token_urlsafe(24)
+
+
+def basic_authorization(credentials: Credentials) -> str:
+    """The value of an `Authorization: Basic ...` header."""
+    user, password = credentials
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def url_with_credentials(url: str, credentials: Credentials | None) -> str:
+    """http://user:password@host:port, as regbench takes credentials per target."""
+    if credentials is None:
+        return url
+    scheme, rest = url.split("://", 1)
+    user, password = (quote(x, safe="") for x in credentials)
+    return f"{scheme}://{user}:{password}@{rest}"
+
+
+def write_htpasswd(path: Path, credentials: Credentials, cost: int = HTPASSWD_COST) -> None:
+    """An htpasswd file with one bcrypt entry, as Distribution's `auth: htpasswd` reads it."""
+    try:
+        import bcrypt
+    except ImportError as exc:
+        raise SetupError(
+            "the Python package bcrypt is missing (it is in the test extra: "
+            "`.venv/bin/pip install -e '.[test]'`)"
+        ) from exc
+    user, password = credentials
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost)).decode()
+    path.write_text(f"{user}:{hashed}\n")
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """'Bearer realm="...",service="..."' -> ("bearer", {"realm": ..., "service": ...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), {
+        k.lower(): quoted or bare for k, quoted, bare in _CHALLENGE_PARAM.findall(rest)
+    }
+
+
+def token(port: int, credentials: Credentials, scopes: Sequence[str], timeout: float = 30.0) -> str:
+    """A registry token for `scopes` through the Docker token flow, as docker gets one:
+    the challenge of an anonymous `GET /v2/` names the realm and service, then
+    `GET <realm>?service=...&scope=...` with Basic credentials."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", "/v2/")
+        resp = conn.getresponse()
+        resp.read()
+        header = resp.getheader("WWW-Authenticate") or ""
+        scheme, params = parse_challenge(header)
+        if resp.status != 401 or scheme != "bearer" or not params.get("realm"):
+            raise ServerError(f"GET /v2/ answered {resp.status} {header!r}: no Bearer challenge")
+        realm = urlsplit(params["realm"])
+        query = [("service", params.get("service", "")), *(("scope", s) for s in scopes)]
+        target = f"{realm.path}?{realm.query + '&' if realm.query else ''}{urlencode(query)}"
+        conn.request("GET", target, headers={"Authorization": basic_authorization(credentials)})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise ServerError(f"token endpoint answered {resp.status}: {body[:300]!r}")
+        doc = json.loads(body)
+        value = doc.get("token") or doc.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise ServerError("the token endpoint returned no token")
+        return value
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise ServerError(f"getting a token from 127.0.0.1:{port}: {exc}") from exc
     finally:
         conn.close()
 
@@ -189,10 +296,24 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)  # set on top of the inherited environment
     popen: subprocess.Popen[bytes] | None = None  # when the root is our own child
     exit_code: int | None = None
+    credentials: Credentials | None = None  # None: the server runs without authentication
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def authorization(self) -> dict[str, str]:
+        """Headers with the Basic credentials (empty for a server without authentication)."""
+        if self.credentials is None:
+            return {}
+        return {"Authorization": basic_authorization(self.credentials)}
+
+    def bearer(self, scopes: Sequence[str]) -> dict[str, str]:
+        """Headers with a registry token for `scopes` (Docker token flow)."""
+        if self.credentials is None:
+            return {}
+        return {"Authorization": "Bearer " + token(self.port, self.credentials, scopes)}
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -249,7 +370,8 @@ def _check_ours(server: Server) -> None:
 
 
 def _wait_ready(server: Server, timeout: float) -> None:
-    """Poll GET /v2/ until it answers 200; check that the answer comes from our tree."""
+    """Poll GET /v2/ until it answers 200 (or 401, and 200 with the server's credentials);
+    check that the answer comes from our tree."""
     deadline = time.monotonic() + timeout
     status: int | None = None
     while True:
@@ -267,9 +389,18 @@ def _wait_ready(server: Server, timeout: float) -> None:
             return
         if status == 401:
             _check_ours(server)
+            if server.credentials is None:
+                raise ServerError(
+                    f"{server.name} answers GET /v2/ with 401, and the benchmark has no "
+                    "credentials for it"
+                )
+            with_auth = http_status(server.port, headers=server.authorization)
+            if with_auth == 200:
+                return
             raise ServerError(
-                f"{server.name} answers GET /v2/ with 401: the benchmark pushes anonymously, "
-                "so start it without authentication (see --server-env)"
+                f"{server.name} answers GET /v2/ with {with_auth} to the credentials it was "
+                f"started with (user {server.credentials[0]!r}); log {server.log_path}:\n"
+                f"{server.log_tail()}"
             )
         if time.monotonic() > deadline:
             raise ServerError(
@@ -297,13 +428,26 @@ def start_cargohold(
     name: str = "cargohold",
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    password: str | None = None,
 ) -> Server:
-    """`cargohold serve --host 127.0.0.1 --port PORT` with CARGOHOLD_DATA_DIR=data_dir."""
+    """`cargohold serve --host 127.0.0.1 --port PORT` with CARGOHOLD_DATA_DIR=data_dir and a
+    first superuser `admin` with `password` (default: a new random one), in
+    Server.credentials; the token lifetime of BENCH_AUTH_ENV unless extra_env sets it."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    password = password or new_password()
+    env = {
+        "CARGOHOLD_DATA_DIR": str(data_dir),
+        "CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD": password,
+        **BENCH_AUTH_ENV,
+        **(extra_env or {}),
+    }
+    credentials = (
+        env.get("CARGOHOLD_AUTH__INITIAL_ADMIN_USER", ADMIN_USER),
+        env["CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD"],
+    )
 
     def start(port: int) -> Server:
         argv = [str(exe), "serve", "--host", HOST, "--port", str(port)]
-        env = {"CARGOHOLD_DATA_DIR": str(data_dir), **(extra_env or {})}
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
                 argv,
@@ -314,7 +458,19 @@ def start_cargohold(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        server = Server(name, "cargohold", port, proc.pid, data_dir, log_path, argv, env, proc)
+        server = Server(
+            name,
+            "cargohold",
+            port,
+            proc.pid,
+            data_dir,
+            log_path,
+            argv,
+            env,
+            proc,
+            None,
+            credentials,
+        )
         try:
             _wait_ready(server, timeout)
         except BaseException:
@@ -326,14 +482,26 @@ def start_cargohold(
 
 
 def start_distribution(
-    regbench: Path, data_dir: Path, *, name: str = "distribution", timeout: float = 60.0
+    regbench: Path,
+    data_dir: Path,
+    *,
+    name: str = "distribution",
+    timeout: float = 60.0,
+    credentials: Credentials | None = None,
 ) -> Server:
     """Debian's docker-registry through `regbench.py distribution` (the config of BASELINE.md).
 
     regbench starts it in a new session, waits for /v2/ and prints its PID; the
-    registry is then no child of ours, so it is watched through /proc.
+    registry is then no child of ours, so it is watched through /proc. With
+    `credentials`, it gets `--htpasswd` (Basic auth; a bcrypt file written next to its
+    data: `auth: htpasswd` in its config) and accepts only those.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
+    htpasswd: list[str] = []
+    if credentials is not None:
+        path = data_dir.parent / f"{data_dir.name}.htpasswd"
+        write_htpasswd(path, credentials)
+        htpasswd = ["--htpasswd", str(path)]
 
     def start(port: int) -> Server:
         argv = [
@@ -344,6 +512,7 @@ def start_distribution(
             str(port),
             "--root",
             str(data_dir),
+            *htpasswd,
         ]
         log_path = data_dir / "regbench-registry.log"
         try:
@@ -362,7 +531,9 @@ def start_distribution(
         if not words or not words[-1].isdigit():
             raise ServerError(f"regbench.py distribution printed no PID: {res.stdout!r}")
         pid = int(words[-1])
-        server = Server(name, "distribution", port, pid, data_dir, log_path, argv)
+        server = Server(
+            name, "distribution", port, pid, data_dir, log_path, argv, credentials=credentials
+        )
         try:
             if os.getpgid(pid) != pid:
                 raise ServerError(f"docker-registry PID {pid} does not lead its own process group")

@@ -123,6 +123,7 @@ def test_quick_run_writes_flamegraphs_and_summary(tmp_path: Path) -> None:
     for name in names:
         assert f"## {name}:" in md
     assert "| idle |" in md and "Quick smoke run" in md
+    assert bp.AUTH_TEXT["token"] in md  # every load sent a registry token (--auth token)
     doc = json.loads((out / "summary.json").read_text())
     for p in doc["run"]["paths"]:
         assert p["error"] is None

@@ -181,6 +181,9 @@ def test_scale_quick_end_to_end(tmp_path: Path) -> None:
     for needle in ("# Scale benchmark", "## Goals", "| tags_page |", "## SQLite", "## Data set"):
         assert needle in md, needle
     assert "Quick smoke run" in md
+    # authenticated as the superuser; the password is not in the report
+    assert "every request carried the Basic credentials" in md
+    assert "CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD=*** " in md
     doc = json.loads((out.parent / "bench-results" / "scale.json").read_text())
     backends = doc["run"]["backends"]
     assert len(backends) == len(databases) // 2
@@ -219,6 +222,8 @@ def test_memory_quick_end_to_end(tmp_path: Path) -> None:
     assert "# Memory benchmark: a 64 MiB blob" in md
     assert "(--rev HEAD)" in md  # the server ran the commit's src/, exported
     assert "PYTHONPATH=" in md
+    assert "CARGOHOLD_AUTH__INITIAL_ADMIN_PASSWORD=*** " in md
+    assert "CARGOHOLD_AUTH__CREDENTIAL_CACHE_SECONDS=3600" in md
     for phase in memory.PHASES:
         line = next(x for x in md.splitlines() if x.startswith(f"| {phase.name} |"))
         assert "failed" not in line

@@ -21,6 +21,8 @@ from cargohold.services.runtime import Runtime
 from cargohold.settings import Settings, load_settings
 from cargohold.storage.registry import build_driver
 from cargohold.web.api.app import make_api
+from cargohold.web.oauth import ROUTES as OAUTH_ROUTES
+from cargohold.web.oidc import OidcSignIn
 from cargohold.web.registry.routes import router
 
 CONFIG_ENV = "CARGOHOLD_CONFIG_FILE"
@@ -47,8 +49,21 @@ def _scheduler(runtime: Runtime) -> Scheduler:
         )
     ]
     tasks.append(Periodic("audit-flush", 0.5, runtime.audit.flush))
+    audit = runtime.settings.auth.audit
+    if audit.retention_days:
+        keep = timedelta(days=audit.retention_days)
+        tasks.append(
+            Periodic(
+                "audit-retention",
+                audit.retention_check_seconds,
+                lambda: runtime.audit.purge(keep),
+            )
+        )
     tasks.append(Periodic("login-throttle-purge", 3600, runtime.throttle.purge))
     tasks.append(Periodic("web-session-purge", 3600, runtime.sessions.purge))
+    if runtime.settings.auth.provider == "ldap":
+        interval = runtime.settings.auth.ldap.team_sync_interval_seconds
+        tasks.append(Periodic("ldap-team-sync", interval, runtime.teamsync.sync_all))
     if runtime.db.sqlite:
         tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
     return Scheduler(tasks)
@@ -85,6 +100,8 @@ def make_asgi(settings: Settings) -> ASGIApp:
             Route("/healthz", _health),
             Route("/.well-known/jwks.json", _jwks),
             Mount("/api/v1", make_api()),
+            Mount("/oauth", routes=OAUTH_ROUTES),
+            *OidcSignIn(settings).routes(),
         ],
         lifespan=lifespan,
     )

@@ -85,7 +85,7 @@ class LdapSettings(_Strict):
     email_attribute: str = "mail"
     superuser_filter: str = ""  # users matching it are superusers
     group_member_attribute: str = "member"  # on the group entry, holding user DNs
-    team_sync_interval_seconds: int = Field(3600, ge=10)
+    team_sync_interval_seconds: int = Field(3600, ge=1)
     timeout_seconds: int = Field(10, ge=1)
 
 
@@ -98,6 +98,9 @@ class OidcSettings(_Strict):
     email_claim: str = "email"
     groups_claim: str = "groups"
     display_name: str = "Single sign-on"
+    # The callback URL registered with the provider (https://HOST/oauth2/oidc/callback);
+    # empty: derived from each request's scheme and Host.
+    redirect_uri: str = ""
 
 
 class LockoutSettings(_Strict):
@@ -115,6 +118,8 @@ class LockoutSettings(_Strict):
 class AuditSettings(_Strict):
     log_pulls: bool = True
     retention_days: int = Field(365, ge=0)  # 0: keep for ever
+    # How often entries older than retention_days are deleted (in batches).
+    retention_check_seconds: float = Field(3600.0, gt=0)
 
 
 class AuthSettings(_Strict):
@@ -132,6 +137,9 @@ class AuthSettings(_Strict):
     realm: str = ""
     token_ttl_seconds: int = Field(300, ge=30, le=86400)
     key_rotation_days: int = Field(30, ge=1)
+    # How often each process re-reads the signing keys from the database (a key deleted
+    # there stops verifying tokens within this time).
+    key_refresh_seconds: float = Field(60.0, gt=0, le=3600)
     new_repositories_public: bool = False
     # Refuse real passwords on the registry protocol (docker login): CLI users must use
     # an app token, the encrypted CLI password or a robot.
@@ -143,6 +151,18 @@ class AuthSettings(_Strict):
     oidc: OidcSettings = OidcSettings()
     lockout: LockoutSettings = LockoutSettings()
     audit: AuditSettings = AuditSettings()
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> AuthSettings:
+        missing: list[str] = []
+        if self.provider == "ldap":
+            ldap = self.ldap
+            missing = [f"ldap.{k}" for k in ("url", "base_dn", "bind_dn") if not getattr(ldap, k)]
+        elif self.provider == "oidc":
+            missing = [f"oidc.{k}" for k in ("issuer", "client_id") if not getattr(self.oidc, k)]
+        if missing:
+            raise ValueError(f"auth.provider {self.provider} needs {', '.join(missing)}")
+        return self
 
 
 class Settings(BaseSettings):

@@ -1,18 +1,27 @@
 """Session fixtures for the end-to-end suite with real registry clients.
 
 The registry under test is the session fixture ``registry`` from tests/conftest.py
-(``.url``, ``.host``). Everything started here (a Docker engine with its containerd,
-podman/buildah storage) lives in its own temporary directory, talks only to 127.0.0.1,
-and is stopped by PID and unmounted/removed at the end of the session.
+(``.url``, ``.host``, ``.admin_auth``). Everything started here (a Docker engine with its
+containerd, podman/buildah storage) lives in its own temporary directory, talks only to
+127.0.0.1, and is stopped by PID and unmounted/removed at the end of the session.
+
+The registry requires authentication (a Bearer challenge pointing at its token endpoint;
+Basic works as well). Each client logs in the way a user would, as the superuser the test
+server starts with, into a credentials file of its own in a temporary directory (never the
+machine's ~/.docker or ~/.config/containers).
 
 Fixtures:
 
-* ``registry_http``   raw HTTP access to the registry under test (``helpers.RegistryHTTP``)
+* ``registry_http``   raw HTTP access to the registry under test (``helpers.RegistryHTTP``,
+                      HTTP Basic as the superuser)
+* ``skopeo``          skopeo with its own auth file, logged in (``skopeo login``)
 * ``oci_layout``      an OCI image layout built locally with umoci from busybox-static; tags
                       ``busybox`` (amd64), ``busybox-arm64``, ``multi`` (OCI index amd64+arm64)
 * ``base_image``      that busybox image pushed with skopeo (``e2e/busybox:1.35``)
-* ``dockerd``         a private Docker engine (apt docker.io) with ``insecure-registries``
-* ``containers_env``  env + private storage/config for podman and buildah
+* ``dockerd``         a private Docker engine (apt docker.io) with ``insecure-registries``;
+                      its CLI configuration (DOCKER_CONFIG) is logged in (``docker login``)
+* ``containers_env``  env + private storage/config for podman and buildah; its auth file
+                      (REGISTRY_AUTH_FILE) is logged in (``podman login``)
 """
 
 from __future__ import annotations
@@ -49,7 +58,80 @@ from .helpers import (
 
 @pytest.fixture(scope="session")
 def registry_http(registry: RegistryLike) -> RegistryHTTP:
-    return RegistryHTTP(registry.url)
+    return RegistryHTTP(registry.url, auth=registry.admin_auth)
+
+
+# ---------------------------------------------------------------------------------------
+# skopeo, with an auth file of its own
+# ---------------------------------------------------------------------------------------
+
+
+def client_env(**extra: str) -> dict[str, str]:
+    """The environment for a registry client: no inherited registry credentials or
+    configuration, no proxy (everything is on 127.0.0.1), plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DOCKER_", "CONTAINERS_", "REGISTRY_AUTH", "BUILDAH_"))
+        and "proxy" not in k.lower()
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Skopeo:
+    """skopeo whose only credentials file is ``authfile`` (REGISTRY_AUTH_FILE: with it set,
+    containers/image reads no other file, not even ~/.docker/config.json)."""
+
+    authfile: Path
+    env: dict[str, str]
+
+    @classmethod
+    def isolated(cls, root: Path) -> Skopeo:
+        root.mkdir(parents=True, exist_ok=True)
+        authfile = root / "auth.json"
+        return cls(authfile=authfile, env=client_env(REGISTRY_AUTH_FILE=str(authfile)))
+
+    def run(
+        self, *args: str, timeout: float = 180, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run(
+            [require_tool("skopeo"), *args],
+            env=self.env,
+            timeout=timeout,
+            check=check,
+            input=input,
+        )
+
+    def __call__(self, *args: str, timeout: float = 180) -> str:
+        """Run skopeo; raise with its output on failure; return stdout."""
+        return self.run(*args, timeout=timeout).stdout
+
+    def login(
+        self, host: str, user: str, secret: str, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            str(self.authfile),
+            "--username",
+            user,
+            "--password-stdin",
+            host,
+            input=secret + "\n",
+            check=check,
+        )
+
+
+@pytest.fixture(scope="session")
+def skopeo(registry: RegistryLike, tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
+    """skopeo logged in to the registry as the superuser, for the whole session."""
+    client = Skopeo.isolated(tmp_path_factory.mktemp("skopeo-auth"))
+    out = client.login(registry.host, *registry.admin_auth)
+    assert "Login Succeeded" in out.stdout, out.stdout + out.stderr
+    return client
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,6 +289,7 @@ class BaseImage:
 def base_image(
     registry: RegistryLike,
     registry_http: RegistryHTTP,
+    skopeo: Skopeo,
     oci_layout: OciLayout,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> BaseImage:
@@ -214,17 +297,14 @@ def base_image(
     host = registry.host
     name, tag = "e2e/busybox", "1.35"
     digestfile = tmp_path_factory.mktemp("base-image") / "digest"
-    run(
-        [
-            require_tool("skopeo"),
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--digestfile",
-            str(digestfile),
-            oci_layout.ref("busybox"),
-            f"docker://{host}/{name}:{tag}",
-        ]
+    skopeo(
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--digestfile",
+        str(digestfile),
+        oci_layout.ref("busybox"),
+        f"docker://{host}/{name}:{tag}",
     )
     digest = digestfile.read_text().strip()
     assert digest == oci_layout.descriptor("busybox")["digest"]
@@ -245,14 +325,42 @@ class Dockerd:
     containerd_sock: Path
 
     def docker(
+        self,
+        *args: str,
+        timeout: float = 180,
+        check: bool = True,
+        config: Path | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """The docker CLI against this engine. ``config``: another client configuration
+        directory (DOCKER_CONFIG: the credentials `docker login` stores) than the
+        session's, which is logged in as the superuser."""
+        env = self.env if config is None else {**self.env, "DOCKER_CONFIG": str(config)}
+        return run(
+            [require_tool("docker"), *args], env=env, timeout=timeout, check=check, input=input
+        )
+
+    def login(
+        self, host: str, user: str, secret: str, *, config: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """`docker login`: the engine does the token flow, the CLI stores the credentials."""
+        return self.docker(
+            "login",
+            "--username",
+            user,
+            "--password-stdin",
+            host,
+            input=secret + "\n",
+            config=config,
+            check=check,
+        )
+
+    def ctr(
         self, *args: str, timeout: float = 180, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return run([require_tool("docker"), *args], env=self.env, timeout=timeout, check=check)
-
-    def ctr(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """containerd's own client against the private containerd, namespace ``e2e``."""
         cmd = [require_tool("ctr"), "--address", str(self.containerd_sock), "--namespace", "e2e"]
-        return run([*cmd, *args], env=self.env, timeout=timeout)
+        return run([*cmd, *args], env=self.env, timeout=timeout, check=check)
 
 
 @pytest.fixture(scope="session")
@@ -368,6 +476,8 @@ def dockerd(registry: RegistryLike) -> Iterator[Dockerd]:
         wait_until(ready, timeout=60, interval=0.3, what="dockerd to answer")
         info = json.loads(daemon.docker("info", "--format", "{{json .RegistryConfig}}").stdout)
         assert registry.host in json.dumps(info), f"insecure registry not configured: {info}"
+        login = daemon.login(registry.host, *registry.admin_auth)
+        assert "Login Succeeded" in login.stdout, login.stdout + login.stderr
         yield daemon
     finally:
         # remove containers first so no shim outlives the daemon
@@ -398,11 +508,38 @@ class ContainersEnv:
     root: Path
     env: dict[str, str]
 
-    def podman(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return run([require_tool("podman"), *args], env=self.env, timeout=timeout)
+    def podman(
+        self,
+        *args: str,
+        timeout: float = 180,
+        check: bool = True,
+        authfile: Path | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """podman with the session's storage. ``authfile``: another credentials file
+        (REGISTRY_AUTH_FILE) than the session's, which is logged in as the superuser."""
+        env = self.env if authfile is None else {**self.env, "REGISTRY_AUTH_FILE": str(authfile)}
+        return run(
+            [require_tool("podman"), *args], env=env, timeout=timeout, check=check, input=input
+        )
 
     def buildah(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return run([require_tool("buildah"), *args], env=self.env, timeout=timeout)
+
+    def login(
+        self, host: str, user: str, secret: str, *, authfile: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """`podman login` (buildah reads the same REGISTRY_AUTH_FILE)."""
+        return self.podman(
+            "login",
+            "--username",
+            user,
+            "--password-stdin",
+            host,
+            input=secret + "\n",
+            authfile=authfile,
+            check=check,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -420,7 +557,12 @@ def containers_env(registry: RegistryLike) -> Iterator[ContainersEnv]:
         f'location = "{registry.host}"\n'
         "insecure = true\n"
     )
-    (conf / "auth.json").write_text('{"auths": {}}\n')  # anonymous registry; must exist
+    # The credentials file lives at $XDG_CONFIG_HOME/containers/auth.json, which is also
+    # where containers/image looks when no file is named: podman 4.3's `manifest inspect`
+    # ignores REGISTRY_AUTH_FILE (and has no --authfile). `podman login` fills it in below.
+    authfile = root / "home" / ".config" / "containers" / "auth.json"
+    authfile.parent.mkdir(parents=True)
+    authfile.write_text('{"auths": {}}\n')
     (conf / "storage.conf").write_text(
         f'[storage]\ndriver = "vfs"\nrunroot = "{root / "run"}"\ngraphroot = "{root / "graph"}"\n'
     )
@@ -445,7 +587,7 @@ def containers_env(registry: RegistryLike) -> Iterator[ContainersEnv]:
         CONTAINERS_REGISTRIES_CONF=str(conf / "registries.conf"),
         CONTAINERS_STORAGE_CONF=str(conf / "storage.conf"),
         CONTAINERS_CONF=str(conf / "containers.conf"),
-        REGISTRY_AUTH_FILE=str(conf / "auth.json"),
+        REGISTRY_AUTH_FILE=str(authfile),
         TMPDIR=str(root / "tmp"),
         BUILDAH_ISOLATION="chroot",
         XDG_CONFIG_HOME=str(root / "home" / ".config"),
@@ -458,6 +600,8 @@ def containers_env(registry: RegistryLike) -> Iterator[ContainersEnv]:
         info = json.loads(cenv.podman("info", "--format", "json").stdout)
         assert info["store"]["graphRoot"] == str(root / "graph"), info["store"]
         assert info["store"]["graphDriverName"] == "vfs"
+        login = cenv.login(registry.host, *registry.admin_auth)
+        assert "Login Succeeded" in login.stdout, login.stdout + login.stderr
         yield cenv
     finally:
         subprocess.run(

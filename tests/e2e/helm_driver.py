@@ -3,8 +3,9 @@
 The Go runtime copies the environment when the library loads, so HOME/HELM_* set by
 the test only take effect in a fresh process; a Go panic also cannot take pytest down.
 
-Usage: python helm_driver.py '<json request>'  ->  prints one JSON result on stdout.
-Request: {"chart_dir", "package_dir", "remote" (oci://host/ns), "pull_dir"}
+Usage: python helm_driver.py < request.json  ->  prints one JSON result on stdout.
+Request: {"chart_dir", "chart_name", "version", "package_dir", "remote" (oci://host/ns),
+"pull_dir", "host", "credentials_file", "username", "password"} (on stdin: it holds a password)
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from pathlib import Path
 
 
 def main() -> None:
-    req = json.loads(sys.argv[1])
+    req = json.loads(sys.stdin.read())
     import helm_python as helm
 
     result: dict[str, object] = {"helm_sdk_version": helm.helm_sdk_version()}
     package = helm.package(req["chart_dir"], destination=req["package_dir"])
     result["package"] = package
     client = helm.RegistryClient(plain_http=True, credentials_file=req["credentials_file"])
+    client.login(req["host"], req["username"], req["password"], plain_http=True)
     result["push"] = helm.push(package, req["remote"], client=client, plain_http=True)
     chart_ref = f"{req['remote']}/{req['chart_name']}"
     result["tags"] = client.tags(chart_ref)

@@ -40,6 +40,11 @@ class RegistryLike(Protocol):
     url: str  # http://127.0.0.1:PORT
     host: str  # 127.0.0.1:PORT
 
+    @property
+    def admin_auth(self) -> tuple[str, str]:
+        """(user, password) of the superuser the test server starts with."""
+        ...
+
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -242,10 +247,12 @@ class Manifest:
 class RegistryHTTP:
     """Raw HTTP access to the registry under test (for checks no client exposes)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auth: tuple[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
         self.session = requests.Session()
         self.session.trust_env = False  # never go through a proxy: 127.0.0.1 only
+        # HTTP Basic straight on /v2 (the registry accepts it besides the token flow)
+        self.session.auth = auth
 
     def _describe(self, resp: requests.Response) -> str:
         return (

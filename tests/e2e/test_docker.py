@@ -1,6 +1,7 @@
 """The Docker engine (Debian docker.io, legacy builder, no BuildKit) against the registry:
 pull, push, `docker build` with a RUN step, and pulling the result back; plus containerd's
-`ctr` pulling and pushing a multi-arch index."""
+`ctr` pulling and pushing a multi-arch index. The docker CLI is logged in (the ``dockerd``
+fixture); ctr gets the credentials with ``--user`` on each call, as it stores none."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BaseImage, Dockerd, OciLayout
+from .conftest import BaseImage, Dockerd, OciLayout, Skopeo
 from .helpers import (
     DOCKER_MANIFEST,
     HELLO_TEXT,
     RegistryHTTP,
     RegistryLike,
     manifest_blobs,
-    require_tool,
-    run,
 )
 
 pytestmark = pytest.mark.e2e
@@ -148,29 +147,37 @@ def test_build_with_run_step_push_and_pull(
 
 
 def test_containerd_ctr_multiarch_pull_and_push(
-    dockerd: Dockerd, registry: RegistryLike, registry_http: RegistryHTTP, oci_layout: OciLayout
+    dockerd: Dockerd,
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    skopeo: Skopeo,
+    oci_layout: OciLayout,
 ) -> None:
     """containerd's resolver (the engine under dockerd, also used by Kubernetes): pull an
     OCI index with all platforms and push it to another repository, digests unchanged."""
     host = registry.host
+    user = "{}:{}".format(*registry.admin_auth)
     index_digest = oci_layout.descriptor("multi")["digest"]
-    run(
-        [
-            require_tool("skopeo"),
-            "copy",
-            "--all",
-            "--quiet",
-            "--dest-tls-verify=false",
-            oci_layout.ref("multi"),
-            f"docker://{host}/e2e/ctr-source:v1",
-        ]
+    skopeo(
+        "copy",
+        "--all",
+        "--quiet",
+        "--dest-tls-verify=false",
+        oci_layout.ref("multi"),
+        f"docker://{host}/e2e/ctr-source:v1",
     )
     source, target = f"{host}/e2e/ctr-source:v1", f"{host}/e2e/ctr-pushed:v1"
-    dockerd.ctr("images", "pull", "--plain-http", "--all-platforms", source)
+    # without credentials containerd gets an anonymous token, which grants nothing here
+    denied = dockerd.ctr("images", "pull", "--plain-http", source, check=False)
+    assert denied.returncode != 0, denied.stdout
+    assert "pull access denied" in denied.stderr and "insufficient_scope" in denied.stderr, (
+        denied.stderr
+    )
+    dockerd.ctr("images", "pull", "--plain-http", "--user", user, "--all-platforms", source)
     listed = dockerd.ctr("images", "ls").stdout
     assert index_digest in listed, listed
     dockerd.ctr("images", "tag", source, target)
-    dockerd.ctr("images", "push", "--plain-http", target)
+    dockerd.ctr("images", "push", "--plain-http", "--user", user, target)
 
     served = registry_http.get_manifest("e2e/ctr-pushed", "v1")
     assert served.digest == index_digest

@@ -1,5 +1,6 @@
-"""Helm v4 (PyPI helm-python-sdk) against the registry: package a chart, push it over
-oci:// (plain HTTP), list its tags, resolve and pull it back byte for byte."""
+"""Helm v4 (PyPI helm-python-sdk) against the registry: `helm registry login`, package a
+chart, push it over oci:// (plain HTTP), list its tags, resolve and pull it back byte for
+byte."""
 
 from __future__ import annotations
 
@@ -54,7 +55,10 @@ def test_helm_chart_push_and_pull(
         "package_dir": str(tmp_path / "packaged"),
         "pull_dir": str(tmp_path / "pulled"),
         "remote": f"oci://{host}/e2e-charts",
+        "host": host,
         "credentials_file": str(home / "registry.json"),
+        "username": registry.admin_auth[0],
+        "password": registry.admin_auth[1],
     }
     env = {
         k: v
@@ -71,17 +75,21 @@ def test_helm_chart_push_and_pull(
     )
     (tmp_path / "packaged").mkdir()
     proc = subprocess.run(
-        [sys.executable, str(DRIVER), json.dumps(request)],
+        [sys.executable, str(DRIVER)],
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
-        stdin=subprocess.DEVNULL,
+        input=json.dumps(request),
     )
     assert proc.returncode == 0, (
         f"helm driver failed:\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # `helm registry login` stored the credentials in the file we gave it, nowhere else
+    stored = json.loads((home / "registry.json").read_text())
+    assert host in stored["auths"], stored
+    assert not (home / ".docker").exists()
 
     packaged = Path(result["package"])
     assert packaged.name == f"{name}-{version}.tgz"

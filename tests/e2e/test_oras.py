@@ -5,6 +5,7 @@ referrers call), with and without the artifactType filter."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,8 +25,16 @@ SBOM_TYPE = "application/vnd.example.sbom.v1+json"
 def oras_client(
     registry: RegistryLike, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> oras.client.OrasClient:
-    """An ORAS client over plain HTTP, with HOME/DOCKER_CONFIG in tmp (oras-py reads and
-    writes ~/.docker/config.json) and the cwd in tmp (it only pushes files below cwd)."""
+    """An ORAS client over plain HTTP, logged in as the superuser, with HOME/DOCKER_CONFIG
+    in tmp (oras-py reads and writes ~/.docker/config.json) and the cwd in tmp (it only
+    pushes files below cwd). oras-py's login() only stores the credentials; the registry
+    is not contacted.
+
+    It answers each 401 with HTTP Basic (``auth_backend="basic"``), which the registry
+    accepts on /v2. oras-py's token backend cannot push to a registry that uses the token
+    flow: it keeps the first token it gets (the pull-only one from the blob HEAD) and
+    resends it after the 401 that asks for push (oras-py issue #187); only a 403 makes it
+    fetch a new token. test_pull_through_token_flow covers the token backend on pulls."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -35,8 +44,12 @@ def oras_client(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    client = oras.client.OrasClient(hostname=registry.host, insecure=True, auth_backend="basic")
     client.session.trust_env = False
+    config = home / ".docker" / "config.json"
+    user, password = registry.admin_auth
+    client.login(user, password, hostname=registry.host, tls_verify=False, config_path=str(config))
+    assert registry.host in json.loads(config.read_text())["auths"]
     return client
 
 
@@ -201,3 +214,34 @@ def test_referrers(
     resp = registry_http.referrers(name, subject.digest)
     assert resp.status_code == 200, registry_http.describe(resp)
     assert [d["digest"] for d in resp.json()["manifests"]] == [pushed["sig"]]
+
+
+def test_pull_through_token_flow(
+    oras_client: oras.client.OrasClient, registry: RegistryLike, tmp_path: Path
+) -> None:
+    """oras-py's default (token) backend: on the Bearer challenge it asks GET /v2/auth
+    with Basic credentials and the challenge's scope, then sends the token."""
+    host = registry.host
+    name = "e2e/oras-token"
+    Path("payload.txt").write_text("pulled with a registry token\n")
+    resp = oras_client.push(target=f"{host}/{name}:v1", files=["payload.txt"], quiet=True)
+    assert resp.status_code == 201
+
+    token_client = oras.client.OrasClient(hostname=host, insecure=True)  # auth_backend="token"
+    token_client.session.trust_env = False
+    token_client.login(
+        *registry.admin_auth,
+        hostname=host,
+        tls_verify=False,
+        config_path=str(tmp_path / "token-client.json"),
+    )
+    assert token_client.get_tags(f"{host}/{name}") == ["v1"]
+    assert token_client.auth.token, "the tags were listed with a registry token"
+    files = token_client.pull(target=f"{host}/{name}:v1", outdir=str(tmp_path / "pulled"))
+    assert [Path(f).read_text() for f in files] == ["pulled with a registry token\n"]
+
+    # with no credentials oras-py gets an anonymous token, which grants nothing here
+    anonymous = oras.client.OrasClient(hostname=host, insecure=True)
+    anonymous.session.trust_env = False
+    with pytest.raises(ValueError, match=r"tags/list: Unauthorized"):
+        anonymous.get_tags(f"{host}/{name}")

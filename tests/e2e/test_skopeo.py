@@ -1,6 +1,6 @@
 """skopeo (containers/image) against the registry: single and multi-arch copies in and
 out, byte-identical digests, registry-to-registry copies (cross-repository mount),
-Docker v2s2 conversion, tags and delete."""
+Docker v2s2 conversion, tags and delete. skopeo is logged in (the ``skopeo`` fixture)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BaseImage, OciLayout
+from .conftest import BaseImage, OciLayout, Skopeo
 from .helpers import (
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -19,16 +19,10 @@ from .helpers import (
     RegistryLike,
     manifest_blobs,
     read_digestfile,
-    require_tool,
-    run,
     sha256_digest,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def skopeo(*args: str, timeout: float = 180) -> str:
-    return run([require_tool("skopeo"), *args], timeout=timeout).stdout
 
 
 @dataclass
@@ -41,7 +35,10 @@ class PushedMulti:
 
 @pytest.fixture(scope="module")
 def multi_in_registry(
-    registry: RegistryLike, oci_layout: OciLayout, tmp_path_factory: pytest.TempPathFactory
+    registry: RegistryLike,
+    skopeo: Skopeo,
+    oci_layout: OciLayout,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> PushedMulti:
     """The amd64+arm64 OCI index from the local layout, pushed with ``skopeo copy --all``."""
     host = registry.host
@@ -71,7 +68,11 @@ def assert_layout_has_image(layout: OciLayout, original: OciLayout, manifest_dig
 
 
 def test_copy_single_image_in_and_out(
-    registry: RegistryLike, registry_http: RegistryHTTP, oci_layout: OciLayout, tmp_path: Path
+    registry: RegistryLike,
+    registry_http: RegistryHTTP,
+    skopeo: Skopeo,
+    oci_layout: OciLayout,
+    tmp_path: Path,
 ) -> None:
     host = registry.host
     name = "e2e/skopeo-single"
@@ -149,6 +150,7 @@ def test_copy_single_image_in_and_out(
 def test_multiarch_index_in_and_out(
     registry: RegistryLike,
     registry_http: RegistryHTTP,
+    skopeo: Skopeo,
     oci_layout: OciLayout,
     multi_in_registry: PushedMulti,
     tmp_path: Path,
@@ -212,6 +214,7 @@ def test_multiarch_index_in_and_out(
 def test_copy_between_repositories(
     registry: RegistryLike,
     registry_http: RegistryHTTP,
+    skopeo: Skopeo,
     oci_layout: OciLayout,
     multi_in_registry: PushedMulti,
     tmp_path: Path,
@@ -270,6 +273,7 @@ def test_cross_repository_mount_protocol(
 def test_convert_to_docker_v2s2(
     registry: RegistryLike,
     registry_http: RegistryHTTP,
+    skopeo: Skopeo,
     base_image: BaseImage,
     oci_layout: OciLayout,
     tmp_path: Path,
@@ -315,7 +319,7 @@ def test_convert_to_docker_v2s2(
 
 
 def test_delete_manifest(
-    registry: RegistryLike, registry_http: RegistryHTTP, oci_layout: OciLayout
+    registry: RegistryLike, registry_http: RegistryHTTP, skopeo: Skopeo, oci_layout: OciLayout
 ) -> None:
     host = registry.host
     name = "e2e/skopeo-delete"
@@ -330,14 +334,8 @@ def test_delete_manifest(
     skopeo("delete", "--tls-verify=false", f"docker://{host}/{name}:gone")
     assert registry_http.head_manifest(name, digest).status_code == 404
     assert registry_http.head_manifest(name, "gone").status_code == 404
-    failed = run(
-        [
-            require_tool("skopeo"),
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            f"docker://{host}/{name}:gone",
-        ],
-        check=False,
+    failed = skopeo.run(
+        "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{name}:gone", check=False
     )
     assert failed.returncode != 0
+    assert "manifest unknown" in failed.stderr, failed.stderr

@@ -64,7 +64,13 @@ class AccessService:
                 raise Unauthorized("authentication required")
             return
         if action is Action.CATALOG:
-            if principal.grants is not None and "" not in principal.grants:
+            # Anonymous callers are challenged (clients then fetch a token, which may
+            # list the public repositories), as Distribution and Harbor do.
+            if principal.is_anonymous and principal.grants is None:
+                raise Unauthorized("authentication required")
+            # A token must grant `*` on registry:catalog (an entry without actions, as
+            # for `registry:catalog:pull`, grants nothing).
+            if principal.grants is not None and "*" not in principal.grants.get("", ()):
                 raise Unauthorized("the token does not grant registry:catalog:*", detail=None)
             return
         assert repository is not None

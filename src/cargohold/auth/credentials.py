@@ -57,8 +57,10 @@ INSERT_USER = sql(
        VALUES (:ns, :name, :email, NULL, :provider, :external_id, :superuser, :yes, :now)"""
 )
 UPDATE_EXTERNAL_USER = sql(
-    "UPDATE user_account SET email = :email, superuser = :superuser WHERE id = :id"
+    """UPDATE user_account SET email = :email, external_id = :external_id,
+       superuser = COALESCE(:superuser, superuser) WHERE id = :id"""
 )
+EXTERNAL_USER = sql("SELECT id, provider, external_id FROM user_account WHERE username = :name")
 
 
 class AuthenticationFailed(Exception):
@@ -185,16 +187,24 @@ class Authenticator:
         return principal
 
     async def _failed(self, username: str, context: Context, locked: bool, failures: int) -> None:
-        newly_locked = False
+        newly_locked: list[str] = []
         if not locked:
             newly_locked = await self.throttle.failed(keys_for(username, context.origin.ip))
         anonymous = Principal()
         details: dict[str, object] = {"username": username[:255], "locked": locked}
         self.audit.record(AuditEntry("login_failure", anonymous, context.origin, details=details))
         if newly_locked:
+            lock_details: dict[str, object] = {
+                "username": username[:255],
+                "keys": newly_locked,
+                "lock_seconds": self.throttle.settings.lock_seconds,
+            }
             self.audit.record(
-                AuditEntry("account_locked", anonymous, context.origin, details=details)
+                AuditEntry("account_locked", anonymous, context.origin, details=lock_details)
             )
+            # A lock refuses even the right secret: forget the verified ones on this host,
+            # or a password checked a moment ago would still pass from the cache.
+            self.changed()
         if locked or failures + 1 > self.delay_after:
             await asyncio.sleep(self.delay_seconds)
 
@@ -299,8 +309,9 @@ class Authenticator:
 
     async def local_user(self, identity: ExternalIdentity) -> Principal | None:
         """The local user for a provider's identity: created at first sign-in for
-        external providers, updated (email, superuser) at each."""
-        provider = self.provider.name
+        external providers, updated (email, superuser) at each. The identity names its
+        provider (OIDC sign-ins) or else it is the configured one."""
+        provider = identity.provider or self.provider.name
         if provider == "database":
             principal = await self.user(identity.username)
         else:
@@ -316,7 +327,13 @@ class Authenticator:
         now = utcnow()
 
         async def work(session: DbSession) -> None:
-            row = await session.one(USER, name=identity.username)
+            row = await session.one(EXTERNAL_USER, name=identity.username)
+            if row is not None and (
+                row[1] != provider
+                # An OIDC subject is the stable identity; the username claim may move.
+                or (provider == "oidc" and row[2] != identity.external_id)
+            ):
+                raise LookupError("the name belongs to another account")
             if row is None:
                 ns = await session.one(NAMESPACE_ID, name=identity.username)
                 if ns is not None:
@@ -330,7 +347,7 @@ class Authenticator:
                     email=identity.email,
                     provider=provider,
                     external_id=identity.external_id,
-                    superuser=identity.superuser,
+                    superuser=bool(identity.superuser),
                     yes=True,
                     now=now,
                 )
@@ -338,14 +355,15 @@ class Authenticator:
                 await session.run(
                     UPDATE_EXTERNAL_USER,
                     email=identity.email,
+                    external_id=identity.external_id,
                     superuser=identity.superuser,
                     id=row[0],
                 )
 
         try:
             await run_write(self.db, work)
-        except LookupError:
-            log.warning("external user %s collides with an organization", identity.username)
+        except LookupError as exc:
+            log.warning("%s user %s refused: %s", provider, identity.username, exc)
             return None
         return await self.user(identity.username)
 

@@ -22,8 +22,12 @@ class ExternalIdentity:
     username: str
     email: str | None = None
     external_id: str | None = None
-    superuser: bool = False
+    # None: the provider does not decide (the local flag is kept as it is).
+    superuser: bool | None = None
     groups: frozenset[str] = field(default_factory=frozenset)  # for team sync
+    # Who vouches for the user: "database", "ldap", "oidc". None: the authenticator's
+    # configured provider (OIDC sign-ins say "oidc" whatever provider checks passwords).
+    provider: str | None = None
 
 
 class IdentityProvider(Protocol):

@@ -10,25 +10,42 @@ from datetime import timedelta
 
 from cargohold.db.base import utcnow
 from cargohold.db.session import Database, DbSession, run_write
-from cargohold.db.sql import sql
+from cargohold.db.sql import Sql, sql
 from cargohold.db.values import as_datetime
 from cargohold.settings import LockoutSettings
 
 GET = sql("SELECT failures, window_start, locked_until FROM login_throttle WHERE key = :key")
-UPSERT = sql(
+# Counting a failure is read-modify-write: on PostgreSQL the row is created first, then
+# locked, so that concurrent failures (an attacker's parallel guesses) are all counted.
+# SQLite runs one write transaction at a time.
+ENSURE = sql(
     """INSERT INTO login_throttle (key, failures, window_start, locked_until)
-       VALUES (:key, :failures, :window_start, :locked_until)
-       ON CONFLICT (key) DO UPDATE SET failures = :failures, window_start = :window_start,
-       locked_until = :locked_until"""
+       VALUES (:key, 0, :now, NULL) ON CONFLICT (key) DO NOTHING"""
+)
+GET_FOR_UPDATE = Sql(GET.sqlite, GET.postgres + " FOR UPDATE")
+UPDATE = sql(
+    """UPDATE login_throttle SET failures = :failures, window_start = :window_start,
+       locked_until = :locked_until WHERE key = :key"""
 )
 CLEAR = sql("DELETE FROM login_throttle WHERE key = :key")
 PURGE = sql("DELETE FROM login_throttle WHERE window_start < :cutoff")
 
 
+def account_key(username: str | None) -> str | None:
+    """The key counting failures of one account name. Names that are no account (`$app`,
+    `$oauthtoken`: the secret alone says whose token it is) get none: a shared key would
+    let anyone lock every token login out, and guessing a 256-bit token is hopeless; the
+    address key still counts those failures."""
+    if not username or username.startswith("$"):
+        return None
+    return "user:" + username.lower()[:250]
+
+
 def keys_for(username: str | None, ip: str | None) -> list[str]:
     keys = []
-    if username:
-        keys.append("user:" + username.lower()[:250])
+    account = account_key(username)
+    if account:
+        keys.append(account)
     if ip:
         keys.append("ip:" + ip[:60])
     return keys
@@ -57,15 +74,16 @@ class LoginThrottle:
                     failures = max(failures, int(row[0]))
         return locked, failures
 
-    async def failed(self, keys: list[str]) -> bool:
-        """Count a failure; True when this failure locked one of the keys."""
+    async def failed(self, keys: list[str]) -> list[str]:
+        """Count a failure; the keys this failure locked."""
         s = self.settings
         now = utcnow()
 
-        async def work(session: DbSession) -> bool:
-            newly_locked = False
+        async def work(session: DbSession) -> list[str]:
+            newly_locked = []
             for key in keys:
-                row = await session.one(GET, key=key)
+                await session.run(ENSURE, key=key, now=now)
+                row = await session.one(GET_FOR_UPDATE, key=key)
                 failures, start, until = 0, now, None
                 if row is not None:
                     start = as_datetime(row[1]) or now
@@ -77,18 +95,24 @@ class LoginThrottle:
                 limit = s.max_failures_per_address if key.startswith("ip:") else s.max_failures
                 if failures >= limit and (until is None or until <= now):
                     until = now + timedelta(seconds=s.lock_seconds)
-                    newly_locked = True
+                    newly_locked.append(key)
                     failures, start = 0, now
                 await session.run(
-                    UPSERT, key=key, failures=failures, window_start=start, locked_until=until
+                    UPDATE, key=key, failures=failures, window_start=start, locked_until=until
                 )
             return newly_locked
 
         return await run_write(self.db, work)
 
     async def succeeded(self, username: str) -> None:
+        """A login with the right secret: forget the account's failures (not the
+        address's, or an attacker could reset them with an account of their own)."""
+        key = account_key(username)
+        if key is None:
+            return
+
         async def work(session: DbSession) -> None:
-            await session.run(CLEAR, key=keys_for(username, None)[0])
+            await session.run(CLEAR, key=key)
 
         await run_write(self.db, work)
 

@@ -51,7 +51,9 @@ class RegistryTokens:
         self.issuer = issuer
         self.service = service
         self.ttl = ttl
-        self._verified: dict[str, tuple[float, Principal]] = {}
+        # Verified tokens: token -> (expiry, principal, kid). A hit still needs its key in
+        # the key ring, so that removing a key ends its tokens at the ring's next refresh.
+        self._verified: dict[str, tuple[float, Principal, str]] = {}
 
     async def issue(
         self, principal: Principal, access: Iterable[tuple[str, str, Iterable[str]]]
@@ -79,13 +81,15 @@ class RegistryTokens:
                 "cred": principal.credential_id,
             },
         }
-        token = jwt.encode(claims, key.private_pem, algorithm=ALGORITHM, headers={"kid": key.kid})
+        token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
         return token, ttl
 
     async def verify(self, token: str) -> Principal:
         hit = self._verified.get(token)
-        if hit is not None and hit[0] > time.time():
-            return hit[1]
+        if hit is not None:
+            if hit[0] > time.time() and await self.keys.verifying_key(hit[2]) is not None:
+                return hit[1]
+            self._verified.pop(token, None)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -110,7 +114,7 @@ class RegistryTokens:
         principal = _principal(claims)
         if len(self._verified) > 50_000:
             self._verified.clear()
-        self._verified[token] = (float(claims["exp"]), principal)
+        self._verified[token] = (float(claims["exp"]), principal, key.kid)
         return principal
 
 

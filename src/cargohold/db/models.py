@@ -151,6 +151,8 @@ class Upload(Base):
 
 class User(Base):
     __tablename__ = "user_account"  # "user" is reserved in PostgreSQL
+    # Ids name grantees and upload owners: SQLite must never hand a deleted id out again.
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(
         ForeignKey("namespace.id", ondelete="CASCADE"), unique=True
@@ -168,7 +170,7 @@ class User(Base):
 
 class Team(Base):
     __tablename__ = "team"
-    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    __table_args__ = (UniqueConstraint("org_id", "name"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
@@ -192,7 +194,7 @@ class Robot(Base):
     """A robot account `<namespace>+<shortname>`, authenticated by a random token."""
 
     __tablename__ = "robot"
-    __table_args__ = (UniqueConstraint("namespace_id", "shortname"),)
+    __table_args__ = (UniqueConstraint("namespace_id", "shortname"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespace.id", ondelete="CASCADE"))
     shortname: Mapped[str] = mapped_column(String(255))

@@ -139,12 +139,13 @@ async def mount_candidates(session: DbSession, digest: str) -> list[Row]:
 # -- uploads -----------------------------------------------------------------------------
 
 INSERT_UPLOAD = sql(
-    "INSERT INTO upload (id, repository_id, size, created_at, updated_at) "
-    "VALUES (:id, :repository_id, 0, :now, :now)"
+    "INSERT INTO upload (id, repository_id, size, owner, created_at, updated_at) "
+    "VALUES (:id, :repository_id, 0, :owner, :now, :now)"
 )
+# An upload is found only in its repository and only by the principal who started it.
 UPLOAD = sql(
     """SELECT u.size FROM upload u JOIN repository r ON r.id = u.repository_id
-       WHERE u.id = :id AND r.name = :repository"""
+       WHERE u.id = :id AND r.name = :repository AND u.owner = :owner"""
 )
 GROW_UPLOAD = sql("UPDATE upload SET size = :new, updated_at = :now WHERE id = :id AND size = :old")
 DELETE_UPLOAD = sql("DELETE FROM upload WHERE id = :id")
@@ -152,13 +153,18 @@ STALE_UPLOADS = sql("SELECT id FROM upload WHERE updated_at < :cutoff")
 UPLOAD_IDS = sql("SELECT id FROM upload")
 
 
-async def insert_upload(session: DbSession, upload_id: str, repository_id: int) -> None:
-    await session.run(INSERT_UPLOAD, id=upload_id, repository_id=repository_id, now=utcnow())
+async def insert_upload(session: DbSession, upload_id: str, repository_id: int, owner: str) -> None:
+    await session.run(
+        INSERT_UPLOAD, id=upload_id, repository_id=repository_id, owner=owner, now=utcnow()
+    )
 
 
-async def upload_size(session: DbSession, upload_id: str, repository: str) -> int | None:
-    """The recorded size of an upload of `repository`, or None if there is no such upload."""
-    size: int | None = await session.value(UPLOAD, id=upload_id, repository=repository)
+async def upload_size(
+    session: DbSession, upload_id: str, repository: str, owner: str
+) -> int | None:
+    """The recorded size of an upload of `repository` started by `owner`, or None if
+    there is no such upload (another principal's upload is none of theirs)."""
+    size: int | None = await session.value(UPLOAD, id=upload_id, repository=repository, owner=owner)
     return size
 
 

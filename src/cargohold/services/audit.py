@@ -3,20 +3,26 @@
 Entries are written in the caller's transaction when the action is a change (`write`),
 so the change and its record commit together; or queued (`record`) and written in
 batches by a background task, for frequent events such as pulls and logins, so that
-recording them never slows the request."""
+recording them never slows the request.
+
+`search` answers the logs API (newest first, keyset pages on the id, each scope on its
+own index); `purge` applies the retention setting in bounded batches."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from cargohold.auth.principal import Principal, PrincipalKind
 from cargohold.db.base import utcnow
 from cargohold.db.session import Database, DbSession, run_write
-from cargohold.db.sql import sql
+from cargohold.db.sql import Sql, sql
+from cargohold.db.values import as_datetime
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,14 @@ INSERT = sql(
        :repository, :ip, :user_agent, :details)"""
 )
 MAX_QUEUE = 10_000
+PURGE_BATCH = 1000
+# Larger than any id: the first page of a search.
+FIRST_PAGE = 2**62
+COLUMNS = "id, created_at, kind, actor_kind, actor, namespace, repository, ip, user_agent, details"
+PURGE = sql(
+    """DELETE FROM audit_log WHERE id IN
+       (SELECT id FROM audit_log WHERE created_at < :cutoff LIMIT :limit)"""
+)
 
 # Every kind of entry, the one list (the API's `kinds` filter and the tests use it).
 # Superuser actions carry {"superuser": true} in their details.
@@ -165,3 +179,142 @@ class AuditLog:
         except Exception:
             log.exception("could not write %d audit entries; requeued", len(batch))
             self._queue[:0] = batch[: MAX_QUEUE - len(self._queue)]
+
+    async def purge(self, older_than: timedelta, *, batch: int = PURGE_BATCH) -> int:
+        """Delete entries older than `older_than`, `batch` rows per transaction so that
+        writers never wait long; the number deleted."""
+        cutoff = utcnow() - older_than
+
+        async def work(session: DbSession) -> int:
+            return await session.run(PURGE, cutoff=cutoff, limit=batch)
+
+        total = 0
+        while True:
+            deleted = await run_write(self.db, work)
+            total += deleted
+            if deleted < batch:
+                break
+            await asyncio.sleep(0)  # let waiting requests in between batches
+        if total:
+            log.info("audit retention: deleted %d entries older than %s", total, cutoff)
+        return total
+
+    async def search(
+        self, scope: LogScope, where: LogFilter, *, before: int | None, limit: int
+    ) -> list[LogRecord]:
+        """Entries of `scope` matching `where`, newest first, with ids below `before`."""
+        params: dict[str, Any] = {"before": FIRST_PAGE if before is None else before}
+        params["limit"] = limit
+        if where.start is not None:
+            params["start"] = where.start
+        if where.end is not None:
+            params["end"] = where.end
+        kinds = sorted(where.kinds)
+        for i, kind in enumerate(kinds):
+            params[f"k{i}"] = kind
+        if scope.repository is not None:
+            params["repository"] = scope.repository
+        elif scope.namespace is not None:
+            params["namespace"] = scope.namespace
+        elif scope.user is not None:
+            params["user"] = scope.user
+        statement = _search_statement(
+            scope.kind, len(kinds), where.start is not None, where.end is not None
+        )
+        async with self.db.read() as session:
+            rows = await session.all(statement, **params)
+        return [LogRecord.from_row(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LogScope:
+    """Whose entries a search sees: one repository's, one namespace's (an organization or
+    a user's own), one user's (as the actor, or in their namespace), or all of them."""
+
+    repository: str | None = None
+    namespace: str | None = None
+    user: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.repository is not None:
+            return "repository"
+        if self.namespace is not None:
+            return "namespace"
+        if self.user is not None:
+            return "user"
+        return "all"
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # exclusive
+    kinds: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    id: int
+    created_at: datetime
+    kind: str
+    actor_kind: str
+    actor: str | None
+    namespace: str | None
+    repository: str | None
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> LogRecord:
+        try:
+            details = json.loads(row[9] or "{}")
+        except ValueError:
+            details = {}
+        created = as_datetime(row[1])
+        assert created is not None
+        return cls(
+            int(row[0]),
+            created,
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            details if isinstance(details, dict) else {},
+        )
+
+
+@lru_cache(maxsize=256)
+def _search_statement(scope: str, kinds: int, start: bool, end: bool) -> Sql:
+    """One statement per shape of query. Each scope walks its own (column, id) index
+    backwards from `before`; a user's entries are the union of two such walks."""
+    filters = ["id < :before"]
+    if start:
+        filters.append("created_at >= :start")
+    if end:
+        filters.append("created_at < :end")
+    if kinds:
+        filters.append(f"kind IN ({', '.join(f':k{i}' for i in range(kinds))})")
+    common = " AND ".join(filters)
+
+    def walk(condition: str | None) -> str:
+        where = f"{condition} AND {common}" if condition else common
+        return f"SELECT {COLUMNS} FROM audit_log WHERE {where} ORDER BY id DESC LIMIT :limit"
+
+    if scope == "repository":
+        return sql(walk("repository = :repository"))
+    if scope == "namespace":
+        return sql(walk("namespace = :namespace"))
+    if scope == "all":
+        return sql(walk(None))
+    assert scope == "user"
+    as_actor = walk("actor = :user AND actor_kind IN ('user', 'token')")
+    in_namespace = walk("namespace = :user")
+    return sql(
+        f"""SELECT {COLUMNS} FROM ({as_actor}) AS a UNION SELECT {COLUMNS} FROM ({in_namespace})
+            AS b ORDER BY id DESC LIMIT :limit"""
+    )

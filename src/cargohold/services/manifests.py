@@ -2,14 +2,21 @@
 
 A manifest is accepted only if every blob it names is linked into the repository (with
 the size its descriptor claims) and, for an index, every child manifest is in the
-repository too. Its bytes are stored exactly as pushed."""
+repository too. Its bytes are stored exactly as pushed.
+
+Every change is audited in its own transaction (a committed push always has its "push"
+entry, and "create_tag"/"move_tag" when it points a tag); pulls are queued, never
+written on the request path (services/audit.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from cargohold.auth.principal import ANONYMOUS, Principal
 from cargohold.db import queries
 from cargohold.db.session import Database, DbSession, run_write
+from cargohold.db.sql import sql
 from cargohold.domain.digests import Digest, digest_of, parse_digest
 from cargohold.domain.errors import (
     DigestInvalid,
@@ -22,8 +29,18 @@ from cargohold.domain.errors import (
 )
 from cargohold.domain.manifests import Descriptor, ParsedManifest, parse_manifest
 from cargohold.domain.names import RepositoryName, is_tag, parse_tag
+from cargohold.services.audit import AuditEntry, AuditLog, Origin
 from cargohold.services.cache import MetadataCache
 from cargohold.services.records import ManifestRecord
+
+MANIFEST_DIGEST = sql("SELECT digest FROM manifest WHERE id = :id")
+LIVE_TAG_DIGEST = sql(
+    """SELECT t.id, m.digest FROM tag t JOIN manifest m ON m.id = t.manifest_id
+       WHERE t.repository_id = :repository_id AND t.name = :name AND t.ended_at IS NULL"""
+)
+LIVE_TAGS_OF_MANIFEST = sql(
+    "SELECT name FROM tag WHERE manifest_id = :id AND ended_at IS NULL ORDER BY name"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +61,37 @@ def parse_reference(text: str) -> Reference:
 
 
 class ManifestService:
-    def __init__(self, db: Database, cache: MetadataCache, *, max_manifest_bytes: int) -> None:
+    def __init__(
+        self, db: Database, cache: MetadataCache, audit: AuditLog, *, max_manifest_bytes: int
+    ) -> None:
         self.db = db
         self.cache = cache
+        self.audit = audit
         self.max_manifest_bytes = max_manifest_bytes
 
     # -- pull ----------------------------------------------------------------------------
 
-    async def get(self, repository: RepositoryName, reference: Reference) -> ManifestRecord:
+    async def get(
+        self,
+        repository: RepositoryName,
+        reference: Reference,
+        *,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
+        log_pull: bool = False,
+    ) -> ManifestRecord:
+        """The manifest; with `log_pull` (a GET, not a HEAD) a "pull" entry is queued."""
+        record = await self._get(repository, reference)
+        if log_pull and self.audit.log_pulls:
+            details: dict[str, Any] = {"digest": record.digest, "media_type": record.media_type}
+            if reference.tag is not None:
+                details["tag"] = reference.tag
+            self.audit.record(
+                AuditEntry("pull", principal, origin, repository=repository.value, details=details)
+            )
+        return record
+
+    async def _get(self, repository: RepositoryName, reference: Reference) -> ManifestRecord:
         if reference.tag is not None:
             cached = self.cache.tag(repository.value, reference.tag)
         else:
@@ -82,6 +122,9 @@ class ManifestService:
         reference: Reference,
         payload: bytes,
         content_type: str | None,
+        *,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
     ) -> ManifestRecord:
         if len(payload) > self.max_manifest_bytes:
             raise ManifestTooLarge(f"manifest larger than {self.max_manifest_bytes} bytes")
@@ -105,11 +148,24 @@ class ManifestService:
             repo_id = known_repo_id or await queries.ensure_repository(
                 session, repository.value, repository.namespace
             )
-            manifest_id = await self._store(session, repo_id, record, parsed)
-            moved = reference.tag is not None and await _point_tag(
-                session, repo_id, reference.tag, manifest_id
-            )
-            return repo_id, moved
+            manifest_id, created = await self._store(session, repo_id, record, parsed)
+            details: dict[str, Any] = {
+                "digest": record.digest,
+                "media_type": record.media_type,
+                "size": record.size,
+                "new": created,
+            }
+            if reference.tag is not None:
+                details["tag"] = reference.tag
+            await self._audit(session, "push", principal, origin, repository, details)
+            if reference.tag is None:
+                return repo_id, False
+            changed, old = await _point_tag(session, repo_id, reference.tag, manifest_id)
+            if changed:
+                kind = "create_tag" if old is None else "move_tag"
+                tag_details = {"tag": reference.tag, "old": old, "new": record.digest}
+                await self._audit(session, kind, principal, origin, repository, tag_details)
+            return repo_id, old is not None
 
         repo_id, moved = await run_write(self.db, work)
         if moved:
@@ -117,12 +173,25 @@ class ManifestService:
         self.cache.remember_repository(repository.value, repo_id)
         return record
 
+    async def _audit(
+        self,
+        session: DbSession,
+        kind: str,
+        principal: Principal,
+        origin: Origin,
+        repository: RepositoryName,
+        details: dict[str, Any],
+    ) -> None:
+        entry = AuditEntry(kind, principal, origin, repository=repository.value, details=details)
+        await self.audit.write(session, entry)
+
     async def _store(
         self, session: DbSession, repo_id: int, record: ManifestRecord, parsed: ParsedManifest
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """(the manifest's id, whether this push stored it)."""
         existing = await queries.manifest_id(session, repo_id, record.digest)
         if existing is not None:
-            return existing
+            return existing, False
         blob_ids = await _check_blobs(session, repo_id, parsed)
         child_ids = await _check_children(session, repo_id, parsed.children)
         manifest_id = await queries.insert_manifest(
@@ -136,11 +205,18 @@ class ManifestService:
             payload=record.payload,
         )
         await queries.add_manifest_references(session, manifest_id, blob_ids, child_ids)
-        return manifest_id
+        return manifest_id, True
 
     # -- delete --------------------------------------------------------------------------
 
-    async def delete(self, repository: RepositoryName, reference: Reference) -> None:
+    async def delete(
+        self,
+        repository: RepositoryName,
+        reference: Reference,
+        *,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
+    ) -> None:
         """Delete a tag, or a manifest with every tag pointing at it."""
 
         async def work(session: DbSession) -> None:
@@ -148,29 +224,46 @@ class ManifestService:
             if repo_id is None:
                 raise NameUnknown(detail={"name": repository.value})
             if reference.tag is not None:
-                if not await queries.end_tag_by_name(session, repo_id, reference.tag):
+                live = await session.one(LIVE_TAG_DIGEST, repository_id=repo_id, name=reference.tag)
+                if live is None:
                     raise ManifestUnknown(detail={"tag": reference.tag})
+                await queries.end_tag(session, live[0])
+                details = {"tag": reference.tag, "digest": live[1]}
+                await self._audit(session, "delete_tag", principal, origin, repository, details)
                 return
-            manifest_id = await queries.manifest_id(session, repo_id, str(reference.digest))
+            digest = str(reference.digest)
+            manifest_id = await queries.manifest_id(session, repo_id, digest)
             if manifest_id is None:
-                raise ManifestUnknown(detail={"digest": str(reference.digest)})
+                raise ManifestUnknown(detail={"digest": digest})
             if await queries.manifest_is_child(session, manifest_id):
                 raise Referenced("manifest is referenced by an index; delete the index first")
+            tags = [row[0] for row in await session.all(LIVE_TAGS_OF_MANIFEST, id=manifest_id)]
             await queries.delete_manifest(session, manifest_id)
+            # Each tag that went with the manifest gets its own entry, as a tag delete would.
+            for tag in tags:
+                details = {"tag": tag, "digest": digest, "with_manifest": True}
+                await self._audit(session, "delete_tag", principal, origin, repository, details)
+            details = {"digest": digest, "tags": tags}
+            await self._audit(session, "delete_manifest", principal, origin, repository, details)
 
         await run_write(self.db, work)
         self.cache.invalidate()
 
 
-async def _point_tag(session: DbSession, repo_id: int, tag: str, manifest_id: int) -> bool:
-    """Point `tag` at the manifest; True when the tag moved away from another manifest."""
+async def _point_tag(
+    session: DbSession, repo_id: int, tag: str, manifest_id: int
+) -> tuple[bool, str | None]:
+    """Point `tag` at the manifest: (whether the tag changed, the digest it pointed at
+    before; None for a new tag)."""
     current = await queries.live_tag(session, repo_id, tag)
+    old: str | None = None
     if current is not None:
         if current[1] == manifest_id:
-            return False
+            return False, None
+        old = await session.value(MANIFEST_DIGEST, id=current[1])
         await queries.end_tag(session, current[0])
     await queries.insert_tag(session, repo_id, tag, manifest_id)
-    return current is not None
+    return True, old
 
 
 async def _check_blobs(session: DbSession, repo_id: int, parsed: ParsedManifest) -> list[int]:

@@ -22,6 +22,7 @@ from cargohold.services.listings import ListingService
 from cargohold.services.manifests import ManifestService
 from cargohold.services.repositories import RepositoryCreator
 from cargohold.services.sessions import SessionService
+from cargohold.services.teamsync import TeamSync
 from cargohold.services.uploads import UploadService
 from cargohold.services.users import UserService
 from cargohold.settings import Settings
@@ -49,6 +50,7 @@ class Runtime:
     credentials: CredentialService
     sessions: SessionService
     creator: RepositoryCreator
+    teamsync: TeamSync
 
     @classmethod
     def build(cls, settings: Settings, db: Database, storage: StorageDriver) -> Runtime:
@@ -76,9 +78,17 @@ class Runtime:
             delay_after=auth.lockout.delay_after,
             delay_seconds=auth.lockout.delay_seconds,
         )
+        teamsync = TeamSync(settings, db, audit, permissions)
+        authenticator.on_external_login.append(teamsync.at_login)
         secret = load_or_create_secret_key(auth.secret_key.get_secret_value(), settings.data_dir)
         ttl = timedelta(seconds=auth.token_ttl_seconds)
-        keys = KeyRing(db, secret, timedelta(days=auth.key_rotation_days), ttl)
+        keys = KeyRing(
+            db,
+            secret,
+            timedelta(days=auth.key_rotation_days),
+            ttl,
+            refresh_seconds=auth.key_refresh_seconds,
+        )
         creator = RepositoryCreator(db, audit, public_by_default=auth.new_repositories_public)
         return cls(
             settings=settings,
@@ -86,7 +96,7 @@ class Runtime:
             storage=storage,
             blobs=BlobService(db, cache),
             uploads=UploadService(db, storage, max_blob_bytes=reg.max_blob_bytes),
-            manifests=ManifestService(db, cache, max_manifest_bytes=reg.max_manifest_bytes),
+            manifests=ManifestService(db, cache, audit, max_manifest_bytes=reg.max_manifest_bytes),
             listings=ListingService(db, cache),
             cache=cache,
             audit=audit,
@@ -99,6 +109,7 @@ class Runtime:
             credentials=CredentialService(db, audit, authenticator.changed),
             sessions=SessionService(db),
             creator=creator,
+            teamsync=teamsync,
         )
 
     async def close(self) -> None:
@@ -108,9 +119,15 @@ class Runtime:
 
 def identity_provider(settings: Settings, db: Database) -> IdentityProvider:
     """The configured provider of password sign-in. OIDC signs in through the browser,
-    so on the CLI its users use app tokens or the encrypted CLI password."""
+    so on the CLI its users use app tokens or the encrypted CLI password. With LDAP or
+    OIDC, local superusers keep their database password (auth/external.py)."""
+    if settings.auth.provider == "database":
+        return DatabaseProvider(db)
+    from cargohold.auth.external import LocalSuperusersFirst, NoPasswords
+
+    external: IdentityProvider = NoPasswords()
     if settings.auth.provider == "ldap":
         from cargohold.auth.ldap import LdapProvider
 
-        return LdapProvider(settings.auth.ldap)
-    return DatabaseProvider(db)
+        external = LdapProvider(settings.auth.ldap)
+    return LocalSuperusersFirst(db, external, frozenset(settings.auth.superusers))

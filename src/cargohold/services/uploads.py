@@ -4,7 +4,11 @@ The database row holds the authoritative size of an upload. Bytes past it (a PAT
 cut off by a disconnect or a crash) are discarded when the upload is next written,
 so a client that asks for the status and resumes from there always gets a blob
 that is exactly what it sent. A blob becomes visible under its digest only after its
-bytes are complete, verified and durably moved into place."""
+bytes are complete, verified and durably moved into place.
+
+An upload belongs to its repository and to the principal who started it (`owner`:
+"user:<id>", "robot:<id>" or "anonymous"): anyone else, superusers included, gets
+BlobUploadUnknown for it, exactly as for an id that does not exist."""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WRITE_BUFFER = 1 << 20
 MAX_CACHED_HASHERS = 10_000
+ANONYMOUS_OWNER = "anonymous"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,32 +76,38 @@ class UploadService:
 
     # -- lookups -----------------------------------------------------------------------
 
-    async def _size(self, session: DbSession, repository: str, upload_id: str) -> int:
-        """The recorded size of an upload of `repository`; raises BlobUploadUnknown."""
+    async def _size(self, session: DbSession, repository: str, upload_id: str, owner: str) -> int:
+        """The recorded size of an upload of `repository` started by `owner`; raises
+        BlobUploadUnknown (the same for another principal's upload as for no upload)."""
         try:
             uuid.UUID(upload_id)
         except ValueError:
             raise BlobUploadUnknown(detail={"upload": upload_id[:64]}) from None
-        size = await queries.upload_size(session, upload_id, repository)
+        size = await queries.upload_size(session, upload_id, repository, owner)
         if size is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
         return size
 
-    async def status(self, repository: RepositoryName, upload_id: str) -> UploadState:
+    async def status(
+        self, repository: RepositoryName, upload_id: str, *, owner: str = ANONYMOUS_OWNER
+    ) -> UploadState:
         async with self.db.read() as session:
-            size = await self._size(session, repository.value, upload_id)
+            size = await self._size(session, repository.value, upload_id, owner)
         return UploadState(upload_id, repository.value, size)
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, repository: RepositoryName) -> UploadState:
+    async def start(
+        self, repository: RepositoryName, *, owner: str = ANONYMOUS_OWNER
+    ) -> UploadState:
+        """A new upload of `repository` that only `owner` may continue."""
         upload_id = str(uuid.uuid4())
 
         async def work(session: DbSession) -> None:
             repo_id = await queries.ensure_repository(
                 session, repository.value, repository.namespace
             )
-            await queries.insert_upload(session, upload_id, repo_id)
+            await queries.insert_upload(session, upload_id, repo_id, owner)
 
         await run_write(self.db, work)
         return UploadState(upload_id, repository.value, 0)
@@ -110,13 +121,14 @@ class UploadService:
         chunk: ChunkRange | None = None,
         content_length: int | None = None,
         record: bool = True,
+        owner: str = ANONYMOUS_OWNER,
     ) -> UploadState:
         """Write more bytes. `record=False` (the last bytes of a finishing PUT) leaves the
         recorded size alone: publishing deletes the session anyway, and until then the
         unrecorded bytes count for nothing, as after a cut-off PATCH."""
         # One writer at a time per upload in this process; the conditional UPDATE below
         # catches a second writer in another process.
-        await self.status(repository, upload_id)  # unknown uploads never get a lock
+        await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
         async with self._upload_lock(upload_id):
             return await self._append_locked(
                 repository,
@@ -125,6 +137,7 @@ class UploadService:
                 chunk=chunk,
                 content_length=content_length,
                 record=record,
+                owner=owner,
             )
 
     async def _append_locked(
@@ -136,9 +149,10 @@ class UploadService:
         chunk: ChunkRange | None,
         content_length: int | None,
         record: bool,
+        owner: str,
     ) -> UploadState:
         async with self.db.read() as session:
-            start = await self._size(session, repository.value, upload_id)
+            start = await self._size(session, repository.value, upload_id, owner)
         if chunk is not None:
             if chunk.start != start:
                 raise RangeInvalid(
@@ -154,7 +168,7 @@ class UploadService:
 
         key = layout.upload_key(upload_id)
         if start:
-            await self._exact_size(repository, upload_id, key, start)
+            await self._exact_size(repository, upload_id, key, start, owner)
         hasher = await self._hasher(upload_id, key, start)
         self._hashers.pop(upload_id, None)  # invalid until this append is recorded
         writer = await self.storage.writer(key, offset=start)
@@ -224,10 +238,11 @@ class UploadService:
         *,
         chunk: ChunkRange | None = None,
         content_length: int | None = None,
+        owner: str = ANONYMOUS_OWNER,
     ) -> BlobInfo:
         """Append the final bytes (if any), verify the digest, and publish the blob, all
         under the upload's lock, so no other request can touch the bytes in between."""
-        await self.status(repository, upload_id)  # unknown uploads never get a lock
+        await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
         async with self._upload_lock(upload_id):
             if chunk is not None or content_length:
                 state = await self._append_locked(
@@ -237,6 +252,7 @@ class UploadService:
                     chunk=chunk,
                     content_length=content_length,
                     record=False,
+                    owner=owner,
                 )
             else:
                 async for data in body:  # a body without Content-Length (chunked encoding)
@@ -248,21 +264,22 @@ class UploadService:
                             chunk=None,
                             content_length=None,
                             record=False,
+                            owner=owner,
                         )
                         break
                 else:
-                    state = await self.status(repository, upload_id)
+                    state = await self.status(repository, upload_id, owner=owner)
             key = layout.upload_key(upload_id)
             if state.size:
-                await self._exact_size(repository, upload_id, key, state.size)
+                await self._exact_size(repository, upload_id, key, state.size, owner)
             hasher = await self._hasher(upload_id, key, state.size, digest.algorithm)
             if hasher.hexdigest() != digest.hex:
-                await self._cancel_locked(repository, upload_id)
+                await self._cancel_locked(repository, upload_id, owner)
                 raise DigestInvalid(detail={"digest": str(digest)})
             return await self._publish(repository, upload_id, key, digest, state.size)
 
     async def _exact_size(
-        self, repository: RepositoryName, upload_id: str, key: str, size: int
+        self, repository: RepositoryName, upload_id: str, key: str, size: int, owner: str
     ) -> None:
         """Make the upload object hold exactly the recorded `size` bytes before hashing."""
         try:
@@ -272,7 +289,7 @@ class UploadService:
         if stored < size:
             # Recorded bytes are gone: a crash after the object was published under its
             # digest but before that was recorded. They cannot be verified any more.
-            await self._cancel_locked(repository, upload_id)
+            await self._cancel_locked(repository, upload_id, owner)
             raise BlobUploadInvalid("the upload's bytes are lost; start the upload again")
         if stored > size:
             # Bytes past the recorded size (a PATCH cut off by a disconnect) must not be
@@ -327,14 +344,16 @@ class UploadService:
     def _forget(self, upload_id: str) -> None:
         self._hashers.pop(upload_id, None)
 
-    async def cancel(self, repository: RepositoryName, upload_id: str) -> None:
-        await self.status(repository, upload_id)  # unknown uploads never get a lock
+    async def cancel(
+        self, repository: RepositoryName, upload_id: str, *, owner: str = ANONYMOUS_OWNER
+    ) -> None:
+        await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
         async with self._upload_lock(upload_id):
-            await self._cancel_locked(repository, upload_id)
+            await self._cancel_locked(repository, upload_id, owner)
 
-    async def _cancel_locked(self, repository: RepositoryName, upload_id: str) -> None:
+    async def _cancel_locked(self, repository: RepositoryName, upload_id: str, owner: str) -> None:
         async def work(session: DbSession) -> None:
-            await self._size(session, repository.value, upload_id)
+            await self._size(session, repository.value, upload_id, owner)
             await queries.delete_upload(session, upload_id)
 
         await run_write(self.db, work)

@@ -29,6 +29,10 @@ class UserError(ValueError):
     """A user cannot be created or changed as asked; the message says why."""
 
 
+class NameTaken(UserError):
+    """The name belongs to another user or an organization already."""
+
+
 @dataclass(frozen=True, slots=True)
 class NewUser:
     id: int
@@ -58,7 +62,7 @@ class UserService:
 
         async def work(session: DbSession) -> int:
             if await session.value(NAMESPACE_ID, name=username) is not None:
-                raise UserError(f"the name {username!r} is taken")
+                raise NameTaken(f"the name {username!r} is taken")
             now = utcnow()
             await session.run(INSERT_NAMESPACE, name=username, now=now)
             ns = await session.value(NAMESPACE_ID, name=username)

@@ -13,13 +13,14 @@ ROUTER_MODULES = (
     "tokens",
     "robots",
     "organizations",
+    "teamsync",  # before teams: its /syncing paths are the more specific
     "teams",
     "prototypes",
     "permissions",
+    "logs",  # before repositories: /repository/{repository:path}/logs must match first
     "repositories",
     "applications",
     "superuser",
-    "logs",
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -63,11 +64,17 @@ async def authenticate(request: Request, runtime: Runtime) -> Principal:
         raise Unauthorized(str(exc)) from exc
 
 
+# A Host header that can go into the challenge as it is (no quotes, commas or spaces).
+_HOST = re.compile(r"(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def realm(request: Request, runtime: Runtime) -> str:
     configured = runtime.settings.auth.realm
     if configured:
         return configured
     host = request.headers.get("host") or "localhost"
+    if not _HOST.fullmatch(host):
+        host = "localhost"
     return f"{request.url.scheme}://{host}{TOKEN_PATH}"
 
 
@@ -77,7 +84,9 @@ def challenge(
     parts = [f'realm="{realm(request, runtime)}"', f'service="{runtime.settings.auth.service}"']
     if action is Action.CATALOG:
         parts.append('scope="registry:catalog:*"')
-    elif name and action in (Action.PULL, Action.PUSH, Action.DELETE):
+    elif name and action in (Action.PULL, Action.PUSH, Action.DELETE) and _valid(name):
+        # Only a valid name: the raw path could carry quotes or line breaks into the
+        # header (another realm for the client, or a broken answer).
         actions = "pull" if action is Action.PULL else f"pull,{action.value}"
         parts.append(f'scope="repository:{name}:{actions}"')
     if error:
@@ -85,11 +94,21 @@ def challenge(
     return "Bearer " + ",".join(parts)
 
 
+def _valid(name: str) -> bool:
+    try:
+        parse_repository(name)
+    except NameInvalid:
+        return False
+    return True
+
+
 def _scopes(values: list[str]) -> list[Scope]:
-    scopes: list[Scope] = []
+    """The usable scopes asked for: at most MAX_SCOPES in all (some clients put several
+    in one parameter, separated by spaces), malformed ones and invalid repository names
+    dropped, the actions of repeated ones merged."""
+    merged: dict[tuple[str, str], frozenset[str]] = {}
     for value in values[:MAX_SCOPES]:
-        # Some clients send several scopes in one parameter, separated by spaces.
-        for text in value.split():
+        for text in value.split(maxsplit=MAX_SCOPES)[:MAX_SCOPES]:
             scope = Scope.parse(text)
             if scope is None:
                 continue
@@ -98,8 +117,11 @@ def _scopes(values: list[str]) -> list[Scope]:
                     parse_repository(scope.name)
                 except NameInvalid:
                     continue
-            scopes.append(scope)
-    return scopes
+            key = (scope.type, scope.name)
+            if key not in merged and len(merged) >= MAX_SCOPES:
+                return [Scope(t, n, a) for (t, n), a in merged.items()]
+            merged[key] = merged.get(key, frozenset()) | scope.actions
+    return [Scope(t, n, a) for (t, n), a in merged.items()]
 
 
 async def token(request: Request, runtime: Runtime) -> Response:

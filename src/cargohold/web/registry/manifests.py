@@ -6,19 +6,27 @@ from starlette.responses import Response
 
 from cargohold.domain.errors import ManifestTooLarge
 from cargohold.services.manifests import parse_reference
+from cargohold.web.registry.auth import origin_of
 from cargohold.web.registry.params import content_length
 from cargohold.web.registry.router import Call
 
 
 async def get_manifest(call: Call) -> Response:
     reference = parse_reference(call.params["reference"])
-    record = await call.runtime.manifests.get(call.repo, reference)
+    is_get = call.request.method == "GET"
+    record = await call.runtime.manifests.get(
+        call.repo,
+        reference,
+        principal=call.principal,
+        origin=origin_of(call.request),
+        log_pull=is_get,  # a HEAD checks, a GET pulls
+    )
     headers = {
         "Docker-Content-Digest": record.digest,
         "ETag": f'"{record.digest}"',
         "Content-Length": str(record.size),
     }
-    body = record.payload if call.request.method == "GET" else b""
+    body = record.payload if is_get else b""
     return Response(body, headers=headers, media_type=record.media_type)
 
 
@@ -34,7 +42,12 @@ async def put_manifest(call: Call) -> Response:
         if len(body) > limit:
             raise ManifestTooLarge(f"manifest larger than {limit} bytes")
     record = await call.runtime.manifests.put(
-        call.repo, reference, bytes(body), call.request.headers.get("content-type")
+        call.repo,
+        reference,
+        bytes(body),
+        call.request.headers.get("content-type"),
+        principal=call.principal,
+        origin=origin_of(call.request),
     )
     headers = {
         "Location": f"/v2/{call.repo}/manifests/{record.digest}",
@@ -48,5 +61,7 @@ async def put_manifest(call: Call) -> Response:
 
 async def delete_manifest(call: Call) -> Response:
     reference = parse_reference(call.params["reference"])
-    await call.runtime.manifests.delete(call.repo, reference)
+    await call.runtime.manifests.delete(
+        call.repo, reference, principal=call.principal, origin=origin_of(call.request)
+    )
     return Response(status_code=202, headers={"Content-Length": "0"})

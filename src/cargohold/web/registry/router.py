@@ -98,8 +98,10 @@ class Router:
             return error_response(404, "NOT_FOUND", "no such endpoint")
         runtime = runtime_of(request)
         name = params.get("name")
+        authenticated = False
         try:
             call = Call(request, runtime, await authenticate(request, runtime), params)
+            authenticated = True
             if name is not None:
                 call.repository = parse_repository(name)
             if r.action is not None:
@@ -109,7 +111,11 @@ class Router:
             response = await r.handler(call)
         except Unauthorized as exc:
             response = to_response(exc)
-            error = "insufficient_scope" if request.headers.get("authorization") else ""
+            # RFC 6750: credentials that do not verify are an invalid token; valid ones
+            # that do not reach far enough, an insufficient scope.
+            error = ""
+            if request.headers.get("authorization"):
+                error = "insufficient_scope" if authenticated else "invalid_token"
             response.headers["WWW-Authenticate"] = challenge(
                 request, runtime, r.action, name, error
             )

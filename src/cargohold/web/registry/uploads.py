@@ -1,17 +1,30 @@
-"""Blob uploads: POST (start, monolithic, mount), PATCH, PUT, GET status, DELETE."""
+"""Blob uploads: POST (start, monolithic, mount), PATCH, PUT, GET status, DELETE.
+
+An upload session belongs to the principal who started it: every later request on it
+passes that principal as the owner, and another principal's upload id answers 404
+BLOB_UPLOAD_UNKNOWN, like an id that does not exist (SECURITY.md 1.2)."""
 
 from __future__ import annotations
 
 from starlette.responses import Response
 
 from cargohold.auth.access import Action
+from cargohold.auth.principal import Principal
 from cargohold.domain.digests import parse_digest
 from cargohold.domain.errors import DigestInvalid, NameInvalid
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.blobs import BlobInfo
-from cargohold.services.uploads import UploadState
+from cargohold.services.uploads import ANONYMOUS_OWNER, UploadState
 from cargohold.web.registry.params import chunk_range, content_length
 from cargohold.web.registry.router import Call
+
+
+def upload_owner(principal: Principal) -> str:
+    """Who an upload belongs to: the same user or robot whether it authenticates with
+    Basic credentials or a registry token (superusers are no exception)."""
+    if principal.is_anonymous or principal.id is None:
+        return ANONYMOUS_OWNER
+    return f"{principal.kind.value}:{principal.id}"
 
 
 def _upload_headers(state: UploadState) -> dict[str, str]:
@@ -55,24 +68,28 @@ async def start_upload(call: Call) -> Response:
         blob = await runtime.blobs.mount(call.repo, digest, source, readable) if usable else None
         if blob is not None:
             return _created(call, blob)
+    owner = upload_owner(call.principal)
     digest_text = query.get("digest")
     if digest_text is not None:
         digest = parse_digest(digest_text)
-        state = await runtime.uploads.start(call.repo)
+        state = await runtime.uploads.start(call.repo, owner=owner)
         blob = await runtime.uploads.finish(
             call.repo,
             state.id,
             digest,
             call.request.stream(),
             content_length=content_length(call.request),
+            owner=owner,
         )
         return _created(call, blob)
-    state = await runtime.uploads.start(call.repo)
+    state = await runtime.uploads.start(call.repo, owner=owner)
     return Response(status_code=202, headers=_upload_headers(state))
 
 
 async def upload_status(call: Call) -> Response:
-    state = await call.runtime.uploads.status(call.repo, call.params["upload"])
+    state = await call.runtime.uploads.status(
+        call.repo, call.params["upload"], owner=upload_owner(call.principal)
+    )
     return Response(status_code=204, headers=_upload_headers(state))
 
 
@@ -83,6 +100,7 @@ async def patch_upload(call: Call) -> Response:
         call.request.stream(),
         chunk=chunk_range(call.request),
         content_length=content_length(call.request),
+        owner=upload_owner(call.principal),
     )
     return Response(status_code=202, headers=_upload_headers(state))
 
@@ -98,10 +116,13 @@ async def finish_upload(call: Call) -> Response:
         call.request.stream(),
         chunk=chunk_range(call.request),
         content_length=content_length(call.request),
+        owner=upload_owner(call.principal),
     )
     return _created(call, blob)
 
 
 async def cancel_upload(call: Call) -> Response:
-    await call.runtime.uploads.cancel(call.repo, call.params["upload"])
+    await call.runtime.uploads.cancel(
+        call.repo, call.params["upload"], owner=upload_owner(call.principal)
+    )
     return Response(status_code=204, headers={"Content-Length": "0"})

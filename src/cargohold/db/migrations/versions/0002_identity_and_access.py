@@ -119,6 +119,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "namespace_id", "shortname", name=op.f("uq_robot_namespace_id_shortname")
         ),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "team",
@@ -134,6 +135,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_team")),
         sa.UniqueConstraint("org_id", "name", name=op.f("uq_team_org_id_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "user_account",
@@ -159,6 +161,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_user_account")),
         sa.UniqueConstraint("namespace_id", name=op.f("uq_user_account_namespace_id")),
         sa.UniqueConstraint("username", name=op.f("uq_user_account_username")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "credential",
