@@ -48,6 +48,8 @@ class Case:
     prepare: Callable[[World], dict[str, Any]] | None = None
     anonymous_ok: bool = False  # anonymous callers get `ok` too (public information)
     login_only: bool = False  # any valid credentials suffice, anonymous is 401
+    password_grant: bool = False  # the principal's credentials go in the form (POST /v2/auth)
+    anonymous_status: int | None = None  # what anonymous callers get, when not 401 or `ok`
 
 
 def _fresh_manifest(world: World) -> dict[str, Any]:
@@ -82,7 +84,16 @@ CASES: list[Case] = [
         200,
         anonymous_ok=True,
     ),
-    Case("/v2/_catalog", "GET", lambda w, p: ("/v2/_catalog", {}), None, 200, anonymous_ok=True),
+    Case(
+        "/v2/auth",
+        "POST",
+        lambda w, p: ("/v2/auth", {}),
+        None,
+        200,
+        password_grant=True,
+        anonymous_status=400,  # the password grant needs a user name
+    ),
+    Case("/v2/_catalog", "GET", lambda w, p: ("/v2/_catalog", {}), None, 200),
     Case("/tags/list", "GET", lambda w, p: (f"/v2/{w.repo}/tags/list", {}), 1, 200),
     Case("/manifests/", "GET", lambda w, p: (f"/v2/{w.repo}/manifests/v1", {}), 1, 200),
     Case("/manifests/", "HEAD", lambda w, p: (f"/v2/{w.repo}/manifests/v1", {}), 1, 200),
@@ -160,6 +171,8 @@ def expected(case: Case, who: str) -> int:
     if level == INVALID:
         return 401
     if who == "anonymous":
+        if case.anonymous_status is not None:
+            return case.anonymous_status
         return case.ok if case.anonymous_ok else 401
     if case.needs is None:
         return case.ok
@@ -173,6 +186,16 @@ def test_registry_route(world: World, case: Case, who: str) -> None:
     if case.route == "/blobs/uploads" and case.method in UPLOAD_METHODS:
         prepared["upload"] = _upload(world, who)
     path, kwargs = case.request(world, prepared)
+    if case.password_grant:
+        basic = world.principals[who].basic
+        form = {
+            "grant_type": "password",
+            "service": "cargohold",
+            "scope": f"repository:{world.repo}:pull",
+        }
+        if basic is not None:
+            form.update(username=basic[0], password=basic[1])
+        kwargs = {"data": form}
     with world.registry_client(who) as client:
         r = client.request(case.method, path, **kwargs)
     want = expected(case, who)

@@ -133,10 +133,14 @@ def world(
             ),
             200,
         )
-        # App tokens without API scopes: passwords for the registry only. One is revoked.
+        # App tokens without API scopes: passwords for the registry only. One is revoked
+        # after it was used (so a cache of verified credentials cannot hide the revocation).
         app = expect(alice_api.post("/api/v1/user/apptoken", json={"title": "ci"}), 201)
         gone = expect(alice_api.post("/api/v1/user/apptoken", json={"title": "old"}), 201)
-        expect(alice_api.delete(f"/api/v1/user/apptoken/{gone['token']['id']}"), 204)
+        with registry.client(auth=("$app", gone["token"]["token_code"])) as used:
+            assert expect(used.get("/v2/auth"), 200)["token"]
+            expect(alice_api.delete(f"/api/v1/user/apptoken/{gone['token']['id']}"), 204)
+            assert used.get("/v2/auth").status_code == 401
 
         # The encrypted CLI password (asking for it takes the password again).
         key = expect(

@@ -250,7 +250,11 @@ def test_catalog_lists_only_what_the_caller_can_read(cast: Cast) -> None:
     with server.client() as admin:
         push_blob(admin, public, b"public seed " + os.urandom(8))
     make_public(server, public)
-    with server.client(auth=None) as anonymous:
+    with server.client(auth=None) as anonymous:  # challenged, then with a token
+        r = anonymous.get("/v2/_catalog")
+        assert r.status_code == 401
+        assert 'scope="registry:catalog:*"' in r.headers["WWW-Authenticate"]
+    with bearer_client(server, token_for(server, None, "registry:catalog:*")) as anonymous:
         seen = set(catalog(anonymous))
     assert public in seen
     assert not seen & {cast.shared, cast.source, cast.own}

@@ -8,9 +8,10 @@ or Denied (authenticated, and not allowed)."""
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 
 from cargohold.auth.permissions import Permissions, RepositoryAccess
-from cargohold.auth.principal import ANONYMOUS, Principal, PrincipalKind
+from cargohold.auth.principal import ANONYMOUS, Method, Principal, PrincipalKind
 from cargohold.auth.roles import NamespaceRight, Role
 from cargohold.domain.errors import Denied, Unauthorized
 from cargohold.domain.names import RepositoryName
@@ -43,6 +44,25 @@ def token_actions(role: Role | None, right: NamespaceRight, exists: bool) -> set
     if role is Role.ADMIN:
         actions.add("*")
     return actions
+
+
+def limited_by_scopes(principal: Principal, access: RepositoryAccess) -> RepositoryAccess:
+    """An OAuth token acts for its user on the registry only within its scopes
+    (repo:read to pull, repo:write to push, repo:create to create). App tokens and the
+    CLI password act with the user's full registry rights, as in Quay."""
+    if principal.method is not Method.OAUTH or principal.scopes is None:
+        return access
+    scopes = principal.scopes
+    cap: Role | None = None
+    if "repo:admin" in scopes:
+        cap = Role.ADMIN
+    elif "repo:write" in scopes:
+        cap = Role.WRITE
+    elif "repo:read" in scopes:
+        cap = Role.READ
+    role = None if access.role is None or cap is None else min(access.role, cap)
+    right = access.right if "repo:create" in scopes else NamespaceRight.NONE
+    return replace(access, role=role, right=right)
 
 
 class AccessService:
@@ -84,7 +104,7 @@ class AccessService:
                 if not access.exists:
                     await self._create(principal, repository, access, origin)
             return
-        access = await self.permissions.repository(principal, name)
+        access = limited_by_scopes(principal, await self.permissions.repository(principal, name))
         role = needed_role(action)
         if access.role is not None and access.role >= role:
             return
@@ -112,7 +132,9 @@ class AccessService:
         if principal.grants is not None:
             granted = principal.grants.get(repository, frozenset())
             return action.value in granted or "*" in granted
-        access = await self.permissions.repository(principal, repository)
+        access = limited_by_scopes(
+            principal, await self.permissions.repository(principal, repository)
+        )
         return access.role is not None and access.role >= needed_role(action)
 
     async def token_access(
@@ -121,7 +143,7 @@ class AccessService:
         """The actions of one requested scope that `principal` gets in a registry token."""
         if scope_type == "registry":
             return set(requested & {"*"}) if name == "catalog" else set()
-        access = await self.permissions.repository(principal, name)
+        access = limited_by_scopes(principal, await self.permissions.repository(principal, name))
         allowed = token_actions(access.role, access.right, access.exists)
         if "*" in allowed:
             allowed |= {"pull", "push", "delete"}

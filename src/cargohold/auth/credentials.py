@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cargohold.auth import secrets as tokens
 from cargohold.auth.identity import ExternalIdentity, IdentityProvider
@@ -106,6 +107,7 @@ class Authenticator:
         self.delay_after = delay_after
         self.delay_seconds = delay_seconds
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._expiry: dict[int, datetime] = {}  # credential id -> its expiry
         self._seen = generation.current()
         # Called with (principal, identity) after an external provider's sign-in: team sync.
         self.on_external_login: list = []  # type: ignore[type-arg]
@@ -128,7 +130,12 @@ class Authenticator:
             return
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[key] = (time.monotonic() + self.cache_seconds, principal)
+            self._expiry.clear()
+        deadline = time.monotonic() + self.cache_seconds
+        expires = self._expiry.get(principal.credential_id or 0)
+        if expires is not None:  # a token is never trusted past its own expiry
+            deadline = min(deadline, time.monotonic() + (expires - utcnow()).total_seconds())
+        self._cache[key] = (deadline, principal)
 
     def changed(self) -> None:
         """Credentials, users or robots changed: forget every verified credential."""
@@ -178,6 +185,8 @@ class Authenticator:
             return cached
         snapshot = self.generation.current()
         principal = await self._issued_token(token, None)
+        if principal is not None and principal.method is Method.CLI_KEY:
+            principal = None  # the CLI password stands for a password: not a bearer token
         if principal is None:
             self.audit.record(
                 AuditEntry("login_failure", Principal(), context.origin, details={"bearer": True})
@@ -266,6 +275,8 @@ class Authenticator:
         expires = as_datetime(expires_at)
         if expires is not None and expires <= utcnow():
             return None
+        if expires is not None:
+            self._expiry[int(cred_id)] = expires
         principal = self._user_principal(user)
         if principal is None or (username is not None and principal.name != username):
             return None

@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from cargohold.auth.access import Action, Principal
+from cargohold.auth.access import ANONYMOUS, Action, Principal
 from cargohold.domain.errors import RegistryError, Unauthorized
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.runtime import Runtime
@@ -100,7 +100,9 @@ class Router:
         name = params.get("name")
         authenticated = False
         try:
-            call = Call(request, runtime, await authenticate(request, runtime), params)
+            # The token endpoint (no Action) checks its own credentials.
+            principal = ANONYMOUS if r.action is None else await authenticate(request, runtime)
+            call = Call(request, runtime, principal, params)
             authenticated = True
             if name is not None:
                 call.repository = parse_repository(name)
