@@ -115,14 +115,6 @@ def grant(server: RegistryProcess, repo: str, who: str, role: str, *, team: bool
         ok(c.put(f"/repository/{repo}/permissions/{kind}/{who}", json={"role": role}))
 
 
-def audit_entries(server: RegistryProcess, kind: str) -> list[dict[str, Any]]:
-    """The newest audit entries of `kind` (the superuser's view of the whole log)."""
-    with admin_api(server) as c:
-        body = ok(c.get("/superuser/logs", params={"kinds": kind, "limit": 1000}))
-    entries: list[dict[str, Any]] = body["logs"]
-    return entries
-
-
 # -- the registry ---------------------------------------------------------------------------
 
 

@@ -122,24 +122,6 @@ def rows(server: RegistryProcess, text: str, **params: Any) -> list[tuple[Any, .
     return [tuple(r) for r in _run(server, text, params, True)]
 
 
-def audit_kinds(server: RegistryProcess, namespace: str) -> list[str]:
-    """The kinds of the audit entries of `namespace`, oldest first."""
-    found = rows(
-        server, "SELECT kind FROM audit_log WHERE namespace = :ns ORDER BY id", ns=namespace
-    )
-    return [r[0] for r in found]
-
-
-def audit_details(server: RegistryProcess, namespace: str, kind: str) -> list[dict[str, Any]]:
-    found = rows(
-        server,
-        "SELECT actor, details FROM audit_log WHERE namespace = :ns AND kind = :kind ORDER BY id",
-        ns=namespace,
-        kind=kind,
-    )
-    return [{"actor": actor, **json.loads(details)} for actor, details in found]
-
-
 def org_id(server: RegistryProcess, name: str) -> int:
     found = rows(server, "SELECT id FROM namespace WHERE name = :name", name=name)
     assert found, name

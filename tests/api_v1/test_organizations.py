@@ -10,8 +10,6 @@ from tests.api_v1.org_helpers import (
     add_member,
     add_robot,
     api,
-    audit_details,
-    audit_kinds,
     new_org,
     org_id,
     people,
@@ -19,6 +17,7 @@ from tests.api_v1.org_helpers import (
     put_team,
     rows,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.identity import unique_name
 from tests.support.server import RegistryProcess
 
@@ -33,6 +32,7 @@ def test_creating_an_organization_makes_the_creator_its_owner(
 ) -> None:
     owner = cast[0]
     name = unique_name("org")
+    mark = last_id(any_registry)
     with api(any_registry, owner) as c:
         r = c.post("/api/v1/organization/", json={"name": name, "email": "ops@example.com"})
         assert r.status_code == 201, r.text
@@ -51,8 +51,17 @@ def test_creating_an_organization_makes_the_creator_its_owner(
         ]
     kinds = rows(any_registry, "SELECT kind FROM namespace WHERE name = :n", n=name)
     assert kinds == [("org",)]
-    [entry] = audit_details(any_registry, name, "create_org")
-    assert entry["actor"] == owner.name and entry["email"] == "ops@example.com"
+    created = assert_logged(
+        any_registry,
+        "create_org",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=name,
+        details={"email": "ops@example.com", "owners_team": "owners"},
+        after=mark,
+    )
+    created_here = entries(any_registry, "create_org", after=mark)
+    assert [e.id for e in created_here if e.namespace == name] == [created.id]
 
 
 def test_bad_and_taken_names_are_refused(any_registry: RegistryProcess, cast: list[Person]) -> None:
@@ -146,6 +155,7 @@ def test_changing_an_organization(any_registry: RegistryProcess, cast: list[Pers
     org = new_org(any_registry, owner)
     put_team(any_registry, owner, org, "devs", "creator")
     add_member(any_registry, owner, org, "devs", member.name)
+    mark = last_id(any_registry)
     with api(any_registry, owner) as c:
         r = c.put(f"/api/v1/organization/{org}", json={"email": "team@example.com"})
         assert r.status_code == 200, r.text
@@ -162,8 +172,18 @@ def test_changing_an_organization(any_registry: RegistryProcess, cast: list[Pers
     with api(any_registry, outsider) as c:
         assert c.put(f"/api/v1/organization/{org}", json={"email": "x@y.z"}).status_code == 404
         assert c.delete(f"/api/v1/organization/{org}").status_code == 404
-    [entry] = audit_details(any_registry, org, "change_org")
-    assert entry["email"] == "team@example.com" and entry["old_email"] is None
+    changed = assert_logged(
+        any_registry,
+        "change_org",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=org,
+        details={"email": "team@example.com", "old_email": None},
+        after=mark,
+    )
+    # The refused changes wrote nothing.
+    changes = entries(any_registry, "change_org", after=mark)
+    assert [e.id for e in changes if e.namespace == org] == [changed.id]
 
 
 def test_member_list(any_registry: RegistryProcess, cast: list[Person]) -> None:
@@ -202,6 +222,7 @@ def test_deleting_an_organization_removes_what_hangs_off_it(
         assert r.status_code == 200, r.text
     ns = org_id(any_registry, org)
     teams = [r[0] for r in rows(any_registry, "SELECT id FROM team WHERE org_id = :ns", ns=ns)]
+    mark = last_id(any_registry)
     with api(any_registry, member) as c:  # members may not delete it
         assert c.delete(f"/api/v1/organization/{org}").status_code == 403
 
@@ -222,6 +243,10 @@ def test_deleting_an_organization_removes_what_hangs_off_it(
         left = rows(any_registry, "SELECT COUNT(*) FROM team_member WHERE team_id = :t", t=team)
         assert left == [(0,)]
     assert rows(any_registry, "SELECT COUNT(*) FROM namespace WHERE id = :ns", ns=ns) == [(0,)]
-    assert audit_kinds(any_registry, org)[-1] == "delete_org"
+    deleted = assert_logged(
+        any_registry, "delete_org", actor=owner.name, actor_kind="token", namespace=org, after=mark
+    )
+    # Only the owner's delete was recorded (not the refused nor the repeated one).
+    assert [e.id for e in entries(any_registry, after=mark) if e.namespace == org] == [deleted.id]
     # The name is free again.
     assert new_org(any_registry, member, org) == org

@@ -11,7 +11,6 @@ from tests.api_v1.access_helpers import (
     admin_api,
     api,
     api_error,
-    audit_entries,
     grant,
     new_org,
     new_repo,
@@ -21,6 +20,7 @@ from tests.api_v1.access_helpers import (
     try_push,
     v2,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.server import RegistryProcess
 
 
@@ -68,6 +68,7 @@ def test_listing_and_reading_grants(registry: RegistryProcess, alice: Person) ->
     repo = new_repo(registry, org, "web/frontend")
     add_team(registry, org, "readers", "member", alice.name)
     add_team(registry, org, "qa", "member")
+    mark = last_id(registry)
     with admin_api(registry) as c:
         robot = ok(c.put(f"/organization/{org}/robots/deploy"), 201)["name"]
         base = f"/repository/{repo}/permissions"
@@ -110,21 +111,42 @@ def test_listing_and_reading_grants(registry: RegistryProcess, alice: Person) ->
         api_error(c.delete(f"{base}/team/qa"), 404)
         assert ok(c.get(f"{base}/team/"))["permissions"] == {}
 
-    changes = [
-        e for e in audit_entries(registry, "change_repo_permission") if e["repository"] == repo
-    ]
-    assert {
-        (
-            e["metadata"].get("user") or e["metadata"].get("robot") or e["metadata"].get("team"),
-            e["metadata"]["role"],
+    grants: tuple[dict[str, str], ...] = (
+        {"user": alice.name, "role": "write"},
+        {"robot": robot, "role": "read"},
+        {"team": "qa", "role": "admin"},
+        {"robot": robot, "role": "write"},
+    )
+    for details in grants:
+        assert_logged(
+            registry,
+            "change_repo_permission",
+            actor="admin",
+            actor_kind="token",
+            namespace=org,
+            repository=repo,
+            details=details,
+            after=mark,
         )
-        for e in changes
-    } == {(alice.name, "write"), (robot, "read"), (robot, "write"), ("qa", "admin")}
-    deletions = [
-        e for e in audit_entries(registry, "delete_repo_permission") if e["repository"] == repo
+    assert_logged(
+        registry,
+        "delete_repo_permission",
+        actor="admin",
+        actor_kind="token",
+        namespace=org,
+        repository=repo,
+        details={"team": "qa"},
+        after=mark,
+    )
+    # One entry per change, in order; the second delete (404) wrote nothing.
+    logged = [
+        (e.kind, {k: v for k, v in e.details.items() if k in ("user", "robot", "team", "role")})
+        for e in entries(registry, after=mark)
+        if e.repository == repo
     ]
-    assert [e["metadata"].get("team") for e in deletions] == ["qa"]
-    assert deletions[0]["performer"]["name"] == "admin"
+    assert logged == [("change_repo_permission", d) for d in grants] + [
+        ("delete_repo_permission", {"team": "qa"})
+    ]
 
 
 def test_team_grants_reach_the_members(registry: RegistryProcess, alice: Person) -> None:

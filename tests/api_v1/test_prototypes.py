@@ -10,7 +10,6 @@ from tests.api_v1.org_helpers import (
     add_member,
     add_robot,
     api,
-    audit_details,
     new_org,
     people,
     pull,
@@ -22,6 +21,7 @@ from tests.api_v1.org_helpers import (
     team_id,
     user_id,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.server import RegistryProcess
 
 
@@ -37,6 +37,7 @@ def test_prototype_lifecycle(any_registry: RegistryProcess, cast: list[Person]) 
     put_team(any_registry, owner, org, "devs", "member")
     add_member(any_registry, owner, org, "devs", dev.name)
     base = f"/api/v1/organization/{org}/prototypes"
+    mark = last_id(any_registry)
     with api(any_registry, owner) as c:
         r = c.post(base, json={"role": "read", "delegate": {"name": "devs", "kind": "team"}})
         assert r.status_code == 200, r.text
@@ -96,16 +97,88 @@ def test_prototype_lifecycle(any_registry: RegistryProcess, cast: list[Person]) 
         assert c.put(f"{base}/{robot_proto['id']}", json={"role": "read"}).status_code == 404
         assert len(c.get(base).json()["prototypes"]) == 2
 
-    created = audit_details(any_registry, org, "create_prototype")
-    assert [e["delegate"] for e in created] == ["devs", dev.name, robot]
-    assert created[1]["activating_user"] == lead.name
-    changed = audit_details(any_registry, org, "change_prototype")
-    assert [(e["role"], e["original_role"]) for e in changed] == [
-        ("admin", "write"),
-        ("read", "read"),
+    server = any_registry
+    for proto, role, kind, delegate, activating in (
+        (team_proto, "read", "team", "devs", None),
+        (user_proto, "write", "user", dev.name, lead.name),
+        (robot_proto, "admin", "robot", robot, None),
+    ):
+        assert_logged(
+            server,
+            "create_prototype",
+            actor=owner.name,
+            actor_kind="token",
+            namespace=org,
+            details={
+                "prototypeid": proto["id"],
+                "role": role,
+                "delegate_kind": kind,
+                "delegate": delegate,
+                "activating_user": activating,
+            },
+            after=mark,
+        )
+    assert_logged(
+        server,
+        "change_prototype",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=org,
+        details={
+            "prototypeid": user_proto["id"],
+            "role": "admin",
+            "original_role": "write",
+            "delegate_kind": "user",
+            "delegate": dev.name,
+            "activating_user": lead.name,
+        },
+        after=mark,
+    )
+    assert_logged(
+        server,
+        "change_prototype",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=org,
+        details={
+            "prototypeid": team_proto["id"],
+            "role": "read",
+            "original_role": "read",
+            "delegate_kind": "user",
+            "delegate": lead.name,
+            "activating_user": None,
+        },
+        after=mark,
+    )
+    assert_logged(
+        server,
+        "delete_prototype",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=org,
+        details={
+            "prototypeid": robot_proto["id"],
+            "role": "admin",
+            "delegate_kind": "robot",
+            "delegate": robot,
+            "activating_user": None,
+        },
+        after=mark,
+    )
+    # One entry per change, in order; the refused ones (409, 404) wrote nothing.
+    logged = [
+        (e.kind, e.details["prototypeid"])
+        for e in entries(server, after=mark)
+        if e.namespace == org and e.kind.endswith("_prototype")
     ]
-    [deleted] = audit_details(any_registry, org, "delete_prototype")
-    assert deleted["prototypeid"] == robot_proto["id"]
+    assert logged == [
+        ("create_prototype", team_proto["id"]),
+        ("create_prototype", user_proto["id"]),
+        ("create_prototype", robot_proto["id"]),
+        ("change_prototype", user_proto["id"]),
+        ("change_prototype", team_proto["id"]),
+        ("delete_prototype", robot_proto["id"]),
+    ]
 
 
 def test_delegates_must_exist_and_belong_here(

@@ -3,6 +3,8 @@ of public repositories through the token flow, and no enumeration of private one
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -12,7 +14,6 @@ from tests.api_v1.access_helpers import (
     admin_api,
     api,
     api_error,
-    audit_entries,
     bearer_registry,
     grant,
     granted,
@@ -25,6 +26,7 @@ from tests.api_v1.access_helpers import (
     try_push,
     v2,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.identity import unique_name
 from tests.support.server import RegistryProcess
 
@@ -41,6 +43,7 @@ def dave(registry: RegistryProcess) -> Person:
 
 def test_create_in_own_namespace(registry: RegistryProcess, carol: Person) -> None:
     name = unique_name("app")
+    mark = last_id(registry)
     with api(registry, carol.token) as c:
         created = ok(
             c.post(
@@ -65,8 +68,19 @@ def test_create_in_own_namespace(registry: RegistryProcess, carol: Person) -> No
     with v2(registry, carol.auth) as c:
         assert try_push(c, f"{carol.name}/{name}")[0] == 201
     full = f"{carol.name}/{name}"
-    entries = [e for e in audit_entries(registry, "create_repo") if e["repository"] == full]
-    assert len(entries) == 1 and entries[0]["performer"]["name"] == carol.name
+    logged = assert_logged(
+        registry,
+        "create_repo",
+        actor=carol.name,
+        actor_kind="token",
+        namespace=carol.name,
+        repository=full,
+        details={"public": False},
+        after=mark,
+    )
+    # Neither the refused second create nor the push created it again.
+    created_here = entries(registry, "create_repo", after=mark)
+    assert [e.id for e in created_here if e.repository == full] == [logged.id]
 
 
 def test_create_needs_the_right_to_create(
@@ -197,6 +211,7 @@ def test_description_and_visibility(registry: RegistryProcess, carol: Person) ->
     with registry.client() as su:
         assert try_push(su, repo, "latest")[0] == 201
     grant(registry, repo, carol.name, "write")
+    mark = last_id(registry)
     with api(registry, carol.token) as c:  # a writer is not an admin
         info = ok(c.get(f"/repository/{repo}"))
         assert info["can_write"] is True and info["can_admin"] is False
@@ -233,14 +248,39 @@ def test_description_and_visibility(registry: RegistryProcess, carol: Person) ->
             assert pull_status(anonymous, repo, "latest") == 401
         api_error(c.post(f"/repository/{repo}/changevisibility", json={"visibility": "x"}), 400)
 
-    visibility = [
-        e for e in audit_entries(registry, "change_repo_visibility") if e["repository"] == repo
+    admin: dict[str, Any] = {
+        "actor": "admin",
+        "actor_kind": "token",
+        "namespace": org,
+        "repository": repo,
+    }
+    assert_logged(registry, "change_repo_description", **admin, after=mark)
+    assert_logged(
+        registry,
+        "change_repo_visibility",
+        **admin,
+        details={"public": True, "was_public": False},
+        after=mark,
+    )
+    assert_logged(
+        registry,
+        "change_repo_visibility",
+        **admin,
+        details={"public": False, "was_public": True},
+        after=mark,
+    )
+    # One entry per change, in order: the refused and invalid calls wrote nothing.
+    kinds = ("change_repo_description", "change_repo_visibility")
+    logged = [
+        (e.kind, e.details.get("public"))
+        for e in entries(registry, after=mark)
+        if e.repository == repo and e.kind in kinds
     ]
-    assert [e["metadata"]["public"] for e in visibility] == [False, True]  # newest first
-    described = [
-        e for e in audit_entries(registry, "change_repo_description") if e["repository"] == repo
+    assert logged == [
+        ("change_repo_description", None),
+        ("change_repo_visibility", True),
+        ("change_repo_visibility", False),
     ]
-    assert len(described) == 1
 
 
 def test_private_repositories_are_not_enumerable(registry: RegistryProcess) -> None:
@@ -273,6 +313,7 @@ def test_delete_refuses_content_then_deletes(registry: RegistryProcess, carol: P
     with registry.client() as su:
         status, image = try_push(su, repo, "v1")
         assert status == 201 and image is not None
+    mark = last_id(registry)
     with admin_api(registry) as c:
         body = api_error(c.delete(f"/repository/{repo}"), 409)
         assert "manifests" in body["error_message"]
@@ -288,8 +329,18 @@ def test_delete_refuses_content_then_deletes(registry: RegistryProcess, carol: P
         assert pull_status(su, repo, "again") == 200
     with v2(registry, carol.auth) as c:
         assert pull_status(c, repo, "again") == 403
-    entries = [e for e in audit_entries(registry, "delete_repo") if e["repository"] == repo]
-    assert len(entries) == 1 and entries[0]["performer"]["name"] == "admin"
+    deleted = assert_logged(
+        registry,
+        "delete_repo",
+        actor="admin",
+        actor_kind="token",
+        namespace=org,
+        repository=repo,
+        after=mark,
+    )
+    # Not the refused delete (409) nor the repeated one (404).
+    deletes = entries(registry, "delete_repo", after=mark)
+    assert [e.id for e in deletes if e.repository == repo] == [deleted.id]
 
 
 def test_repository_lifecycle_on_both_databases(any_registry: RegistryProcess) -> None:

@@ -8,7 +8,6 @@ from tests.api_v1.access_helpers import (
     admin_api,
     api,
     api_error,
-    audit_entries,
     bearer_registry,
     grant,
     granted,
@@ -21,6 +20,7 @@ from tests.api_v1.access_helpers import (
     try_push,
     v2,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.identity import unique_name
 from tests.support.server import RegistryProcess
 
@@ -32,6 +32,7 @@ def login_status(server: RegistryProcess, name: str, token: str) -> int:
 
 def test_user_robot_lifecycle(registry: RegistryProcess) -> None:
     owner = person(registry, "rbown")
+    mark = last_id(registry)
     with api(registry, owner.token) as c:
         created = ok(c.put("/user/robots/builder", json={"description": "CI"}), 201)
         assert created["name"] == f"{owner.name}+builder"
@@ -62,12 +63,38 @@ def test_user_robot_lifecycle(registry: RegistryProcess) -> None:
         api_error(c.post("/user/robots/builder/regenerate"), 404)
         assert ok(c.get("/user/robots"))["robots"] == []
 
-    for kind in ("create_robot", "regenerate_robot_token", "delete_robot"):
-        entries = [e for e in audit_entries(registry, kind) if e["namespace"] == owner.name]
-        assert len(entries) == 1, kind
-        assert entries[0]["metadata"]["robot"] == created["name"]
-        assert entries[0]["performer"]["name"] == owner.name
-        assert token not in str(entries[0]) and renewed["token"] not in str(entries[0])
+    assert_logged(
+        registry,
+        "create_robot",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=owner.name,
+        details={"robot": created["name"], "description": "CI"},
+        after=mark,
+    )
+    assert_logged(
+        registry,
+        "regenerate_robot_token",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=owner.name,
+        details={"robot": created["name"]},
+        after=mark,
+    )
+    assert_logged(
+        registry,
+        "delete_robot",
+        actor=owner.name,
+        actor_kind="token",
+        namespace=owner.name,
+        details={"robot": created["name"]},
+        after=mark,
+    )
+    # One entry each (the refused calls wrote nothing), and never a token.
+    mine = [e for e in entries(registry, after=mark) if e.namespace == owner.name]
+    assert [e.kind for e in mine] == ["create_robot", "regenerate_robot_token", "delete_robot"]
+    for entry in mine:
+        assert token not in str(entry) and renewed["token"] not in str(entry)
 
 
 def test_robot_requests_are_validated(registry: RegistryProcess) -> None:

@@ -11,7 +11,6 @@ from tests.api_v1.org_helpers import (
     add_member,
     add_robot,
     api,
-    audit_details,
     new_org,
     new_robot,
     people,
@@ -21,6 +20,7 @@ from tests.api_v1.org_helpers import (
     repo_grants,
     user_id,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.server import RegistryProcess
 
 
@@ -34,6 +34,7 @@ def test_team_lifecycle(any_registry: RegistryProcess, cast: list[Person]) -> No
     org = new_org(any_registry, owner)
     robot = add_robot(any_registry, org)
     base = f"/api/v1/organization/{org}/team/builders"
+    mark = last_id(any_registry)
     with api(any_registry, owner) as c:
         r = c.put(base, json={"role": "creator", "description": "CI and release"})
         assert r.status_code == 200, r.text
@@ -86,21 +87,67 @@ def test_team_lifecycle(any_registry: RegistryProcess, cast: list[Person]) -> No
         assert c.put(base, json={"role": "member", "name": "x"}).status_code == 400
         assert c.put(f"/api/v1/organization/{org}/team/Bad-Name", json={}).status_code == 400
 
-    kinds = [
-        (e["team"], e.get("member"))
-        for kind in ("create_team", "add_team_member", "remove_team_member", "delete_team")
-        for e in audit_details(any_registry, org, kind)
-        if e["team"] == "builders"
+    server, actor = any_registry, owner.name
+    assert_logged(
+        server,
+        "create_team",
+        actor=actor,
+        actor_kind="token",
+        namespace=org,
+        details={"team": "builders", "role": "creator"},
+        after=mark,
+    )
+    assert_logged(
+        server,
+        "change_team",
+        actor=actor,
+        actor_kind="token",
+        namespace=org,
+        details={"team": "builders", "role": "member", "old_role": "creator"},
+        after=mark,
+    )
+    for who in (member.name, robot):
+        assert_logged(
+            server,
+            "add_team_member",
+            actor=actor,
+            actor_kind="token",
+            namespace=org,
+            details={"team": "builders", "member": who},
+            after=mark,
+        )
+    assert_logged(
+        server,
+        "remove_team_member",
+        actor=actor,
+        actor_kind="token",
+        namespace=org,
+        details={"team": "builders", "member": member.name},
+        after=mark,
+    )
+    assert_logged(
+        server,
+        "delete_team",
+        actor=actor,
+        actor_kind="token",
+        namespace=org,
+        details={"team": "builders", "role": "member"},
+        after=mark,
+    )
+    # One entry per change, in order: the repeated add and the refusals wrote nothing.
+    logged = [
+        (e.kind, e.details.get("member")) for e in entries(server, after=mark) if e.namespace == org
     ]
-    assert kinds == [
-        ("builders", None),
-        ("builders", member.name),
-        ("builders", robot),
-        ("builders", member.name),
-        ("builders", None),
+    assert logged == [
+        ("create_team", None),
+        ("change_team", None),
+        ("add_team_member", member.name),
+        ("add_team_member", robot),
+        ("remove_team_member", member.name),
+        ("delete_team", None),
     ]
-    [change] = audit_details(any_registry, org, "change_team")
-    assert change["role"] == "member" and change["old_role"] == "creator"
+    [change] = [e for e in entries(server, "change_team", after=mark) if e.namespace == org]
+    assert "description" not in change.details  # only the role changed
 
 
 def test_who_may_be_a_member(any_registry: RegistryProcess, cast: list[Person]) -> None:

@@ -12,7 +12,6 @@ Two servers share one directory:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.integration.identity_support import (
     upload_status,
     user_row,
 )
+from tests.support.audit import assert_logged, entries, last_id
 from tests.support.identity import app_token, bearer, create_user, unique_name
 from tests.support.ldap import LdapServer
 from tests.support.postgres import temporary_database
@@ -350,6 +350,7 @@ def test_team_sync_at_sign_in(ldap: LdapServer, plain: RegistryProcess, plain_ad
 
     assert v2_status(plain, (manual, manual_pw)).status_code == 200
     plain_admin.add_member(org, "devs", manual)  # by hand: the sync never touches it
+    mark = last_id(plain)
     # The DN as typed differs in case from the directory's: stored as the server spells it.
     typed = ldap.group_dn(group).replace("cn=", "CN=").replace("ou=groups", "OU=Groups")
     r = plain_admin.set_sync(org, "devs", group_dn=typed)
@@ -375,17 +376,38 @@ def test_team_sync_at_sign_in(ldap: LdapServer, plain: RegistryProcess, plain_ad
     assert members.get(manual) is False  # a manual member stays, though not in the group
     assert upload_status(plain, (joiner, joiner_pw), f"{org}/again") in (403, 404)
 
-    keys = ("team", "member", "synced", "group", "source")
-    expected = dict(zip(keys, ("devs", joiner, True, ldap.group_dn(group), "login"), strict=True))
-    added = [
-        {k: d.get(k) for k in keys} for d in map(json.loads, audit(plain, "add_team_member", org))
+    # Each change is recorded as done by the user whose sign-in made it.
+    synced = {"team": "devs", "synced": True, "group": ldap.group_dn(group), "source": "login"}
+    for who in (joiner, outsider):
+        assert_logged(
+            plain,
+            "add_team_member",
+            actor=who,
+            actor_kind="user",
+            namespace=org,
+            details={**synced, "member": who},
+            after=mark,
+        )
+    assert_logged(
+        plain,
+        "remove_team_member",
+        actor=joiner,
+        actor_kind="user",
+        namespace=org,
+        details={**synced, "member": joiner},
+        after=mark,
+    )
+    # The manual member and the unsynced team were never touched by the sync.
+    changes = [
+        (e.kind, e.details["team"], e.details["member"])
+        for e in entries(plain, after=mark)
+        if e.namespace == org and e.kind in ("add_team_member", "remove_team_member")
     ]
-    assert expected in added
-    removed = [
-        {k: d.get(k) for k in keys}
-        for d in map(json.loads, audit(plain, "remove_team_member", org))
+    assert changes == [
+        ("add_team_member", "devs", joiner),
+        ("remove_team_member", "devs", joiner),
+        ("add_team_member", "devs", outsider),
     ]
-    assert expected in removed
 
 
 def test_scheduled_team_sync(ldap: LdapServer, tls: RegistryProcess, tls_admin: Admin) -> None:
@@ -397,6 +419,7 @@ def test_scheduled_team_sync(ldap: LdapServer, tls: RegistryProcess, tls_admin: 
     # Team role admin: its members may push to every repository of the organization.
     org = tls_admin.org_with_team("builders", role="admin")
     push(tls, tls.admin_auth, f"{org}/shared")
+    mark = last_id(tls)
     assert tls_admin.set_sync(org, "builders", group_dn=ldap.group_dn(group)).status_code == 200
     for auth in ((first, first_pw), (second, second_pw)):
         assert v2_status(tls, auth).status_code == 200
@@ -414,11 +437,24 @@ def test_scheduled_team_sync(ldap: LdapServer, tls: RegistryProcess, tls_admin: 
     # The sync dropped the cached answers: `first` lost the right, `second` got it.
     assert upload_status(tls, (first, first_pw), f"{org}/shared") in (403, 404)
     assert upload_status(tls, (second, second_pw), f"{org}/shared") == 202
-    removed = wait_for(
-        lambda: [json.loads(d) for d in audit(tls, "remove_team_member", org)],
-        "the removal's audit entry",
+    # The scheduled sync acts as nobody in particular: recorded as anonymous.
+    scheduled = {"team": "builders", "synced": True, "group": ldap.group_dn(group)}
+    assert_logged(
+        tls,
+        "remove_team_member",
+        actor_kind="anonymous",
+        namespace=org,
+        details={**scheduled, "member": first, "source": "schedule"},
+        after=mark,
     )
-    assert any(d["member"] == first and d["source"] == "schedule" for d in removed)
+    assert_logged(
+        tls,
+        "add_team_member",
+        actor_kind="anonymous",
+        namespace=org,
+        details={**scheduled, "member": second, "source": "schedule"},
+        after=mark,
+    )
 
     # A group deleted from the directory empties the team's synced members.
     ldap.delete_group(group)
@@ -431,6 +467,7 @@ def test_sync_api(ldap: LdapServer, plain: RegistryProcess, plain_admin: Admin) 
     member, member_pw = new_ldap_user(ldap, group)
     org = plain_admin.org_with_team("devs")
     assert v2_status(plain, (member, member_pw)).status_code == 200
+    mark = last_id(plain)
 
     # Refused: no such entry, the OIDC field, unknown fields, no such team, a user's
     # namespace, and callers who do not administer the organization.
@@ -473,6 +510,28 @@ def test_sync_api(ldap: LdapServer, plain: RegistryProcess, plain_admin: Admin) 
     assert v2_status(plain, (member, member_pw)).status_code == 200
     assert team_members(plain, org, "devs").get(member) is False
 
-    entries = [json.loads(d) for d in audit(plain, "sync_team", org)]
-    assert [(e["team"], e["enabled"]) for e in entries] == [("devs", True), ("devs", False)]
-    assert entries[0]["group"] == ldap.group_dn(group)
+    assert_logged(
+        plain,
+        "sync_team",
+        actor=ADMIN_USER,
+        actor_kind="token",
+        namespace=org,
+        details={"team": "devs", "group": ldap.group_dn(group), "service": "ldap", "enabled": True},
+        after=mark,
+    )
+    assert_logged(
+        plain,
+        "sync_team",
+        actor=ADMIN_USER,
+        actor_kind="token",
+        namespace=org,
+        details={"team": "devs", "enabled": False},
+        after=mark,
+    )
+    # Set once and removed once: the refused requests wrote nothing.
+    logged = [
+        (e.details["team"], e.details["enabled"])
+        for e in entries(plain, "sync_team", after=mark)
+        if e.namespace == org
+    ]
+    assert logged == [("devs", True), ("devs", False)]

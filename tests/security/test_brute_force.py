@@ -26,6 +26,7 @@ from tests.security.registry_support import (
     query,
     wait_for_audit,
 )
+from tests.support.audit import assert_logged
 from tests.support.identity import unique_name
 from tests.support.server import RegistryProcess
 
@@ -120,11 +121,20 @@ def test_an_account_is_locked_then_unlocked(server: RegistryProcess) -> None:
     assert kinds[:MAX_FAILURES] == ["login_failure"] * MAX_FAILURES
     assert kinds.count("account_locked") == 1
     assert kinds.count("login_failure") == MAX_FAILURES + 3
-    lock = next(r for r in rows if r["kind"] == "account_locked")
-    assert lock["details"]["keys"] == [f"user:{user.name}"]
-    assert lock["details"]["lock_seconds"] == LOCK_SECONDS
-    assert lock["ip"] == "127.0.0.1"
-    assert lock["actor_kind"] == "anonymous"
+    lock = assert_logged(
+        server,
+        "account_locked",
+        actor_kind="anonymous",
+        ip="127.0.0.1",
+        details={
+            "username": user.name,
+            "keys": [f"user:{user.name}"],
+            "lock_seconds": LOCK_SECONDS,
+        },
+        after=start,
+    )
+    assert lock.actor is None  # nobody signed in
+    assert lock.id == next(r["id"] for r in rows if r["kind"] == "account_locked")
     during = [r for r in rows if r["kind"] == "login_failure"][MAX_FAILURES:]
     assert all(r["details"]["locked"] for r in during)
     # The lock ends after lock_seconds; then the right password works, the wrong one not.
@@ -157,6 +167,13 @@ def test_existing_and_missing_accounts_are_answered_alike(server: RegistryProces
             "login_failure",
             "login_failure",
         ]
+        assert_logged(
+            server,
+            "account_locked",
+            actor_kind="anonymous",
+            details={"username": name, "keys": [f"user:{name}"], "lock_seconds": LOCK_SECONDS},
+            after=start,
+        )
         found = _throttle_row(server, f"user:{name}")
         assert found is not None and found[1] is not None
     assert _v2(server, existing.auth).status_code == 401  # still locked
@@ -181,6 +198,14 @@ def test_an_address_is_locked_across_accounts(server: RegistryProcess) -> None:
         lambda rows: any(ADDRESS in r["details"].get("keys", []) for r in rows),
     )
     assert [r["details"]["keys"] for r in rows if r["kind"] == "account_locked"] == [[ADDRESS]]
+    assert_logged(
+        server,
+        "account_locked",
+        actor_kind="anonymous",
+        ip="127.0.0.1",
+        details={"keys": [ADDRESS], "lock_seconds": LOCK_SECONDS},
+        after=start,
+    )
     _wait_until_unlocked(server, ADDRESS)
     assert _v2(server, user.auth).status_code == 200
 
@@ -207,6 +232,10 @@ def test_a_robot_is_an_account_too(server: RegistryProcess) -> None:
         assert _v2(server, (robot, "guessed-token")).status_code == 401
     rows = _audit_for(server, start, robot, MAX_FAILURES + 1)
     assert [r["kind"] for r in rows].count("account_locked") == 1
-    assert next(r for r in rows if r["kind"] == "account_locked")["details"]["keys"] == [
-        f"user:{robot}"
-    ]
+    assert_logged(
+        server,
+        "account_locked",
+        actor_kind="anonymous",
+        details={"username": robot, "keys": [f"user:{robot}"]},
+        after=start,
+    )

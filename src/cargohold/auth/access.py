@@ -16,7 +16,6 @@ from cargohold.auth.roles import NamespaceRight, Role
 from cargohold.domain.errors import Denied, Unauthorized
 from cargohold.domain.names import RepositoryName
 from cargohold.services.audit import Origin
-from cargohold.services.repositories import RepositoryCreator
 
 __all__ = ["ANONYMOUS", "Action", "Principal", "PrincipalKind", "needed_role", "token_actions"]
 
@@ -66,11 +65,10 @@ def limited_by_scopes(principal: Principal, access: RepositoryAccess) -> Reposit
 
 
 class AccessService:
-    """Decides registry access and creates repositories on first push."""
+    """Decides registry access."""
 
-    def __init__(self, permissions: Permissions, creator: RepositoryCreator) -> None:
+    def __init__(self, permissions: Permissions) -> None:
         self.permissions = permissions
-        self.creator = creator
 
     async def check(
         self,
@@ -99,33 +97,18 @@ class AccessService:
             granted = principal.grants.get(name, frozenset())
             if action.value not in granted and "*" not in granted:
                 raise Unauthorized("the token does not grant this access")
-            if action is Action.PUSH:
-                access = await self.permissions.repository(principal, name)
-                if not access.exists:
-                    await self._create(principal, repository, access, origin)
             return
         access = limited_by_scopes(principal, await self.permissions.repository(principal, name))
         role = needed_role(action)
         if access.role is not None and access.role >= role:
             return
-        if (
-            action is not Action.PULL
-            and not access.exists
-            and access.right >= NamespaceRight.CREATE
-        ):
-            await self._create(principal, repository, access, origin)
+        if not access.exists and access.right >= NamespaceRight.CREATE:
+            # Whoever may create the repository may push into it (its first content
+            # creates it: services/repositories.py) and look for what is not there yet.
             return
         if principal.is_anonymous:
             raise Unauthorized("authentication required")
         raise Denied(f"{action.value} on {name} is not allowed")
-
-    async def _create(
-        self, principal: Principal, name: RepositoryName, access: RepositoryAccess, origin: Origin
-    ) -> None:
-        try:
-            await self.creator.create(principal, name, access.right, origin)
-        except PermissionError as exc:
-            raise Denied(str(exc)) from exc
 
     async def may(self, principal: Principal, action: Action, repository: str) -> bool:
         """A yes/no answer for an existing repository, with no side effects."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from cargohold.auth.principal import ANONYMOUS, Principal
 from cargohold.db import queries
 from cargohold.db.session import Database, DbSession, run_write
 from cargohold.domain.digests import Digest
 from cargohold.domain.errors import BlobUnknown, Referenced
 from cargohold.domain.names import RepositoryName
+from cargohold.services.audit import Origin
 from cargohold.services.cache import MetadataCache
+from cargohold.services.repositories import RepositoryCreator
 from cargohold.storage import layout
 
 
@@ -42,9 +45,10 @@ async def link_blob(session: DbSession, repository: RepositoryName, blob_id: int
 
 
 class BlobService:
-    def __init__(self, db: Database, cache: MetadataCache) -> None:
+    def __init__(self, db: Database, cache: MetadataCache, creator: RepositoryCreator) -> None:
         self.db = db
         self.cache = cache
+        self.creator = creator
 
     async def stat(self, repository: RepositoryName, digest: Digest) -> BlobInfo:
         size = self.cache.blob_size(repository.value, str(digest))
@@ -75,6 +79,9 @@ class BlobService:
         digest: Digest,
         source: RepositoryName | None,
         may_read: Callable[[str], Awaitable[bool]],
+        *,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
     ) -> BlobInfo | None:
         """Link a blob the caller can already read into `repository`.
 
@@ -100,7 +107,8 @@ class BlobService:
         blob_id, size = candidate
 
         async def work(session: DbSession) -> None:
-            await link_blob(session, repository, blob_id)
+            repo_id = await self.creator.ensure(session, principal, repository, origin)
+            await queries.link_blob(session, repo_id, blob_id)
 
         await run_write(self.db, work)
         return BlobInfo(digest, size)

@@ -32,6 +32,7 @@ from cargohold.domain.names import RepositoryName, is_tag, parse_tag
 from cargohold.services.audit import AuditEntry, AuditLog, Origin
 from cargohold.services.cache import MetadataCache
 from cargohold.services.records import ManifestRecord
+from cargohold.services.repositories import RepositoryCreator
 
 MANIFEST_DIGEST = sql("SELECT digest FROM manifest WHERE id = :id")
 LIVE_TAG_DIGEST = sql(
@@ -62,9 +63,16 @@ def parse_reference(text: str) -> Reference:
 
 class ManifestService:
     def __init__(
-        self, db: Database, cache: MetadataCache, audit: AuditLog, *, max_manifest_bytes: int
+        self,
+        db: Database,
+        cache: MetadataCache,
+        audit: AuditLog,
+        creator: RepositoryCreator,
+        *,
+        max_manifest_bytes: int,
     ) -> None:
         self.db = db
+        self.creator = creator
         self.cache = cache
         self.audit = audit
         self.max_manifest_bytes = max_manifest_bytes
@@ -145,8 +153,8 @@ class ManifestService:
         known_repo_id = self.cache.repository_id(repository.value)
 
         async def work(session: DbSession) -> tuple[int, bool]:
-            repo_id = known_repo_id or await queries.ensure_repository(
-                session, repository.value, repository.namespace
+            repo_id = known_repo_id or await self.creator.ensure(
+                session, principal, repository, origin
             )
             manifest_id, created = await self._store(session, repo_id, record, parsed)
             details: dict[str, Any] = {

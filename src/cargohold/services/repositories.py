@@ -3,12 +3,14 @@ permissions, and admin for a creator who has only the right to create)."""
 
 from __future__ import annotations
 
+from cargohold.auth.permissions import namespace_right
 from cargohold.auth.principal import Principal, PrincipalKind
 from cargohold.auth.roles import NamespaceRight
 from cargohold.db import queries
 from cargohold.db.base import utcnow
-from cargohold.db.session import Database, DbSession, run_write
+from cargohold.db.session import Database, DbSession
 from cargohold.db.sql import sql
+from cargohold.domain.errors import Denied
 from cargohold.domain.names import RepositoryName
 from cargohold.services.audit import AuditEntry, AuditLog, Origin
 
@@ -36,22 +38,21 @@ class RepositoryCreator:
         self.audit = audit
         self.public_by_default = public_by_default
 
-    async def create(
-        self,
-        principal: Principal,
-        name: RepositoryName,
-        right: NamespaceRight,
-        origin: Origin = Origin(),
-        *,
-        public: bool | None = None,
-        description: str = "",
+    async def ensure(
+        self, session: DbSession, principal: Principal, name: RepositoryName, origin: Origin
     ) -> int:
-        """Create `name` (the caller checked `right`); its id. Idempotent."""
-
-        async def work(session: DbSession) -> int:
-            return await self.create_in(session, principal, name, right, origin, public)
-
-        return await run_write(self.db, work)
+        """The id of `name`, created now (with its first content, in the caller's
+        transaction) when it does not exist yet. The caller was authorized to push; the
+        namespace right decides whether the creator also becomes the repository's admin."""
+        existing = await queries.repository_id(session, name.value)
+        if existing is not None:
+            return existing
+        ns = await session.one(NAMESPACE, name=name.namespace)
+        if ns is None:
+            right = NamespaceRight.ADMIN if principal.superuser else NamespaceRight.NONE
+        else:
+            right = await namespace_right(session, principal, ns[0], ns[1])
+        return await self.create_in(session, principal, name, right, origin)
 
     async def create_in(
         self,
@@ -69,7 +70,7 @@ class RepositoryCreator:
         ns = await session.one(NAMESPACE, name=name.namespace)
         if ns is None:
             if not principal.superuser:
-                raise PermissionError("namespace does not exist")
+                raise Denied("the namespace does not exist")
             await session.run(INSERT_ORG, name=name.namespace, now=now)
             ns = await session.one(NAMESPACE, name=name.namespace)
             assert ns is not None

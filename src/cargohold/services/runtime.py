@@ -94,9 +94,11 @@ class Runtime:
             settings=settings,
             db=db,
             storage=storage,
-            blobs=BlobService(db, cache),
-            uploads=UploadService(db, storage, max_blob_bytes=reg.max_blob_bytes),
-            manifests=ManifestService(db, cache, audit, max_manifest_bytes=reg.max_manifest_bytes),
+            blobs=BlobService(db, cache, creator),
+            uploads=UploadService(db, storage, creator, max_blob_bytes=reg.max_blob_bytes),
+            manifests=ManifestService(
+                db, cache, audit, creator, max_manifest_bytes=reg.max_manifest_bytes
+            ),
             listings=ListingService(db, cache),
             cache=cache,
             audit=audit,
@@ -104,7 +106,7 @@ class Runtime:
             permissions=permissions,
             authenticator=authenticator,
             tokens=RegistryTokens(keys, auth.service, auth.service, ttl),
-            access=AccessService(permissions, creator),
+            access=AccessService(permissions),
             throttle=throttle,
             credentials=CredentialService(db, audit, authenticator.changed),
             sessions=SessionService(db),

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cargohold.auth.principal import ANONYMOUS, Principal
 from cargohold.db import queries
 from cargohold.db.base import utcnow
 from cargohold.db.session import Database, DbSession, run_write
@@ -32,7 +33,9 @@ from cargohold.domain.errors import (
     SizeInvalid,
 )
 from cargohold.domain.names import RepositoryName
+from cargohold.services.audit import Origin
 from cargohold.services.blobs import BlobInfo, link_blob
+from cargohold.services.repositories import RepositoryCreator
 from cargohold.storage import layout
 from cargohold.storage.driver import ObjectNotFound, StorageDriver, UploadWriter
 
@@ -63,8 +66,16 @@ class ChunkRange:
 
 
 class UploadService:
-    def __init__(self, db: Database, storage: StorageDriver, *, max_blob_bytes: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        storage: StorageDriver,
+        creator: RepositoryCreator,
+        *,
+        max_blob_bytes: int,
+    ) -> None:
         self.db = db
+        self.creator = creator
         self.storage = storage
         self.max_blob_bytes = max_blob_bytes
         # The running sha256 of each upload this process wrote last, keyed by id, with the
@@ -98,15 +109,19 @@ class UploadService:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(
-        self, repository: RepositoryName, *, owner: str = ANONYMOUS_OWNER
+        self,
+        repository: RepositoryName,
+        *,
+        owner: str = ANONYMOUS_OWNER,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
     ) -> UploadState:
-        """A new upload of `repository` that only `owner` may continue."""
+        """A new upload of `repository` that only `owner` may continue. The first upload
+        into a repository creates it (with its default permissions)."""
         upload_id = str(uuid.uuid4())
 
         async def work(session: DbSession) -> None:
-            repo_id = await queries.ensure_repository(
-                session, repository.value, repository.namespace
-            )
+            repo_id = await self.creator.ensure(session, principal, repository, origin)
             await queries.insert_upload(session, upload_id, repo_id, owner)
 
         await run_write(self.db, work)

@@ -15,6 +15,7 @@ from cargohold.domain.errors import DigestInvalid, NameInvalid
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.blobs import BlobInfo
 from cargohold.services.uploads import ANONYMOUS_OWNER, UploadState
+from cargohold.web.registry.auth import origin_of
 from cargohold.web.registry.params import chunk_range, content_length
 from cargohold.web.registry.router import Call
 
@@ -50,6 +51,7 @@ def _created(call: Call, blob: BlobInfo) -> Response:
 async def start_upload(call: Call) -> Response:
     query = call.request.query_params
     runtime = call.runtime
+    origin = origin_of(call.request)
     mount = query.get("mount")
     if mount is not None:
         digest = parse_digest(mount)
@@ -65,14 +67,20 @@ async def start_upload(call: Call) -> Response:
             # Mounting needs read access on the source, as pulling it would.
             return await call.runtime.access.may(call.principal, Action.PULL, name)
 
-        blob = await runtime.blobs.mount(call.repo, digest, source, readable) if usable else None
+        blob = None
+        if usable:
+            blob = await runtime.blobs.mount(
+                call.repo, digest, source, readable, principal=call.principal, origin=origin
+            )
         if blob is not None:
             return _created(call, blob)
     owner = upload_owner(call.principal)
     digest_text = query.get("digest")
     if digest_text is not None:
         digest = parse_digest(digest_text)
-        state = await runtime.uploads.start(call.repo, owner=owner)
+        state = await runtime.uploads.start(
+            call.repo, owner=owner, principal=call.principal, origin=origin
+        )
         blob = await runtime.uploads.finish(
             call.repo,
             state.id,
@@ -82,7 +90,9 @@ async def start_upload(call: Call) -> Response:
             owner=owner,
         )
         return _created(call, blob)
-    state = await runtime.uploads.start(call.repo, owner=owner)
+    state = await runtime.uploads.start(
+        call.repo, owner=owner, principal=call.principal, origin=origin
+    )
     return Response(status_code=202, headers=_upload_headers(state))
 
 
