@@ -159,8 +159,18 @@ class Authenticator:
             try:
                 principal = await self._verify(username, secret, context)
             except Exception:
+                # The identity provider (e.g. LDAP) is unreachable or broke: refuse, but do
+                # not count it against the account, or an outage would lock everyone out.
                 log.exception("credential check failed")
-                principal = None
+                self.audit.record(
+                    AuditEntry(
+                        "login_failure",
+                        Principal(),
+                        context.origin,
+                        details={"username": username[:255], "error": "provider unavailable"},
+                    )
+                )
+                raise AuthenticationFailed() from None
         if principal is None:
             await self._failed(username, context, locked, failures)
             raise AuthenticationFailed()
