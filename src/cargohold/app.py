@@ -11,7 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cargohold import __version__
@@ -82,6 +82,18 @@ async def _jwks(request: Request) -> Response:
     return JSONResponse(await runtime.tokens.keys.jwks())
 
 
+def web_routes(settings: Settings) -> list[BaseRoute]:
+    """Everything outside /v2 (which the registry router serves)."""
+    return [
+        Route("/", _home),
+        Route("/healthz", _health),
+        Route("/.well-known/jwks.json", _jwks),
+        Mount("/api/v1", make_api()),
+        Mount("/oauth", routes=OAUTH_ROUTES),
+        *OidcSignIn(settings).routes(),
+    ]
+
+
 def make_asgi(settings: Settings) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -94,17 +106,7 @@ def make_asgi(settings: Settings) -> ASGIApp:
             await scheduler.stop()
             await runtime.close()
 
-    web = Starlette(
-        routes=[
-            Route("/", _home),
-            Route("/healthz", _health),
-            Route("/.well-known/jwks.json", _jwks),
-            Mount("/api/v1", make_api()),
-            Mount("/oauth", routes=OAUTH_ROUTES),
-            *OidcSignIn(settings).routes(),
-        ],
-        lifespan=lifespan,
-    )
+    web = Starlette(routes=web_routes(settings), lifespan=lifespan)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # /v2 goes straight to the registry router, which matches full paths itself

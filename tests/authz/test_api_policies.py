@@ -26,10 +26,10 @@ def api_routes() -> list[ApiRoute]:
     out = []
     for route in make_api().routes:
         if isinstance(route, APIRoute):
-            out.append(ApiRoute(frozenset(route.methods), route.path, route.dependant))
+            out.append(ApiRoute(frozenset(route.methods or ()), route.path, route.dependant))
         elif hasattr(route, "effective_route_contexts"):  # an included router
             for ctx in route.effective_route_contexts():
-                out.append(ApiRoute(frozenset(ctx.methods), ctx.path, ctx.dependant))
+                out.append(ApiRoute(frozenset(ctx.methods or ()), ctx.path, ctx.dependant))
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.identity import Account, app_token, bearer, create_user, unique_name
+from tests.support.identity import Account, bearer, unique_name
 from tests.support.oci import OCI_EMPTY, OCI_MANIFEST, descriptor, push_blob, sha256
 from tests.support.server import RegistryProcess
 
@@ -102,13 +102,55 @@ def push_image(client: httpx.Client, repo: str, tag: str, payload: bytes) -> str
     return sha256(manifest)
 
 
+def app_token(
+    server: RegistryProcess,
+    user: str,
+    *,
+    scopes: tuple[str, ...],
+    name: str,
+    expires: str | None = None,
+    password: str | None = None,
+) -> str:
+    """An app token made the way a user makes one: sign in, then POST /user/apptoken."""
+    password = password or _passwords[user]
+    with server.client(auth=None) as c:
+        r = c.post("/api/v1/signin", json={"username": user, "password": password})
+        assert r.status_code == 200, r.text
+        if user != "admin":  # only superusers may hold super:user
+            scopes = tuple(s for s in scopes if s != "super:user")
+        body: dict[str, Any] = {"title": name, "scopes": list(scopes)}
+        if expires:
+            body["expiration"] = expires
+        r = c.post(
+            "/api/v1/user/apptoken",
+            json=body,
+            headers={"X-CSRF-Token": r.json()["csrf_token"]},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"]["token_code"])
+
+
+_passwords: dict[str, str] = {}
+
+
+def create_user(server: RegistryProcess, admin_token: str, name: str) -> Account:
+    password = f"pw-{name}-secret"
+    with server.client(auth=None, headers=bearer(admin_token)) as c:
+        api(c, "POST", "/superuser/users/", {"username": name, "password": password})
+    _passwords[name] = password
+    return Account(name, password)
+
+
 def build_world(server: RegistryProcess) -> World:
+    _passwords["admin"] = server.admin_auth[1]
     admin_token = app_token(server, "admin", scopes=ALL_SCOPES, name="matrix admin")
     org, other = unique_name("mxorg"), unique_name("mxother")
     world = World(server, org, other, f"{org}/app", admin_token)
     names = ("reader", "writer", "repo_admin", "other_org", "team_member", "team_creator")
     for role in (*names, "team_admin"):
-        world.accounts[role] = create_user(server, unique_name(role.replace("_", "")[:6]))
+        world.accounts[role] = create_user(
+            server, admin_token, unique_name(role.replace("_", "")[:6])
+        )
     with world.admin() as c:
         api(c, "POST", "/organization/", {"name": org, "email": f"{org}@example.org"})
         api(c, "POST", "/organization/", {"name": other, "email": f"{other}@example.org"})

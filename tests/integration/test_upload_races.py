@@ -20,6 +20,7 @@ from cargohold.services.uploads import UploadService
 from cargohold.storage import layout
 from cargohold.storage.driver import ObjectInfo
 from cargohold.storage.filesystem import FilesystemDriver
+from tests.support.services import SUPERUSER, creator
 
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:
@@ -31,10 +32,10 @@ async def test_a_patch_from_another_worker_cannot_change_a_finishing_blob(tmp_pa
     upgrade(url)
     storage_a, storage_b = FilesystemDriver(tmp_path / "st"), FilesystemDriver(tmp_path / "st")
     db_a, db_b = Database(url), Database(url)
-    worker_a = UploadService(db_a, storage_a, max_blob_bytes=1 << 30)
-    worker_b = UploadService(db_b, storage_b, max_blob_bytes=1 << 30)
+    worker_a = UploadService(db_a, storage_a, creator(db_a), max_blob_bytes=1 << 30)
+    worker_b = UploadService(db_b, storage_b, creator(db_b), max_blob_bytes=1 << 30)
     repo = parse_repository("ns/app")
-    upload = await worker_a.start(repo)
+    upload = await worker_a.start(repo, principal=SUPERUSER)
     mine, theirs = b"X" * 1000, b"Y" * 1000
     digest = parse_digest("sha256:" + hashlib.sha256(mine).hexdigest())
 

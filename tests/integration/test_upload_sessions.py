@@ -16,6 +16,7 @@ from cargohold.services.uploads import UploadService
 from cargohold.storage.memory import MemoryDriver
 from tests.support.oci import error_codes, unique_repo
 from tests.support.server import RegistryProcess
+from tests.support.services import SUPERUSER, creator
 
 
 async def _body(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -27,13 +28,13 @@ async def test_lock_table_does_not_grow(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
     db = Database(url)
-    service = UploadService(db, MemoryDriver(), max_blob_bytes=1 << 20)
+    service = UploadService(db, MemoryDriver(), creator(db), max_blob_bytes=1 << 20)
     repo = parse_repository("team/app")
     try:
         for _ in range(50):  # made-up upload ids never get a lock
             with pytest.raises(BlobUploadUnknown):
                 await service.append(repo, str(uuid.uuid4()), _body(b"x"))
-        state = await service.start(repo)
+        state = await service.start(repo, principal=SUPERUSER)
         for _ in range(5):
             await service.append(repo, state.id, _body(b"abc"))
         assert service._locks == {}

@@ -117,7 +117,9 @@ def test_hostile_repository_names_are_refused(contained: RegistryProcess, name: 
         ("GET", f"/v2/{name}/referrers/{ZERO}", None),
     ]
     for method, path, body in requests:
-        headers = {"Content-Type": OCI_MANIFEST} if method == "PUT" else {}
+        headers = {"Authorization": contained.authorization}
+        if method == "PUT":
+            headers["Content-Type"] = OCI_MANIFEST
         resp = raw_request(contained.port, method, path, body=body, headers=headers)
         _refused(resp, method, {"NAME_INVALID", "NOT_FOUND", "UNSUPPORTED"})
     with contained.client() as c:
@@ -170,7 +172,13 @@ def test_hostile_digests_are_refused(contained: RegistryProcess, digest: str) ->
         "MANIFEST_INVALID",
     }
     for method, path, body in requests:
-        resp = raw_request(contained.port, method, path, body=body)
+        resp = raw_request(
+            contained.port,
+            method,
+            path,
+            body=body,
+            headers={"Authorization": contained.authorization},
+        )
         if digest.startswith("sha256:%30%30") and resp.status in (200, 201, 202):
             continue  # the valid (unknown) digest in disguise: an ordinary answer
         _refused(resp, method, codes)
@@ -216,6 +224,7 @@ def test_hostile_upload_ids_are_refused_and_never_alias_a_real_upload(
             ("PUT", f"{base}?digest={sha256(b'evil')}", b"evil", {}),
             ("DELETE", base, None, {}),
         ]:
+            headers["Authorization"] = contained.authorization
             resp = raw_request(contained.port, method, path, body=body, headers=headers)
             _refused(resp, method, codes)
     with contained.client() as c:

@@ -185,7 +185,7 @@ async def namespace_standing(caller: Caller, name: str) -> tuple[NamespaceRight,
     rt = caller.runtime
     async with rt.db.read() as session:
         row = await session.one(NAMESPACE, name=name)
-        if row is None:
+        if row is None or row[1] != "org":  # a user's namespace is not an organization
             raise not_found("no such organization")
         right = await namespace_right(session, caller.principal, row[0], row[1])
         member = right is not NamespaceRight.NONE
