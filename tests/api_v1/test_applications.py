@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from tests.api_v1.identity_helpers import (
 )
 from tests.support.audit import assert_logged, last_id
 from tests.support.identity import Account, unique_name
+from tests.support.oci import push_blob
 from tests.support.server import RegistryProcess
 
 REDIRECT = "https://client.example/callback?tenant=7"
@@ -479,3 +481,50 @@ def test_oauth_tokens_issue_no_credentials(
         assert_api_error(answer, 403)
         assert_api_error(client.post(path, json={"scopes": ["user:read"]}), 403)
         assert client.get("/api/v1/user/apptoken").json()["tokens"] == []
+
+
+def test_oauth_tokens_act_on_the_registry_only_within_their_scopes(
+    registry: RegistryProcess, org: Org, owner: httpx.Client
+) -> None:
+    """An OAuth token belongs to a third-party application: on /v2 it may pull only with
+    repo:read, push only with repo:write, create repositories only with repo:create, and
+    never beyond its user (SECURITY.md 1.4, scoped credentials on the registry)."""
+    repo = f"{org.name}/scoped"
+    with registry.client() as su:  # the repository exists, with one blob
+        digest = push_blob(su, repo, b"scoped layer")
+    app = _register(owner, org.name)
+    path = f"{_apps(org.name)}/{app['client_id']}/token"
+
+    def token(*scopes: str) -> str:
+        answer = owner.post(path, json={"scopes": list(scopes)})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["access_token"])
+
+    def can(secret: str, method: str, url: str) -> int:
+        with registry.client(auth=("$oauthtoken", secret)) as c:
+            return c.request(method, url).status_code
+
+    blob = f"/v2/{repo}/blobs/{digest}"
+    uploads = f"/v2/{repo}/blobs/uploads/"
+    fresh = f"/v2/{org.name}/r{secrets.token_hex(4)}/blobs/uploads/"
+    user_only = token("user:read")
+    assert can(user_only, "GET", blob) == 403
+    assert can(user_only, "POST", uploads) == 403
+    reader = token("repo:read")
+    assert can(reader, "GET", blob) == 200
+    assert can(reader, "POST", uploads) == 403
+    writer = token("repo:write")
+    assert can(writer, "GET", blob) == 200
+    assert can(writer, "POST", uploads) == 202
+    assert can(writer, "POST", fresh) == 403  # creating needs repo:create
+    assert can(token("repo:write", "repo:create"), "POST", fresh) == 202
+    # The token endpoint grants the same intersection.
+    with registry.client(auth=("$oauthtoken", reader)) as c:
+        answer = c.get(
+            "/v2/auth", params={"service": "cargohold", "scope": f"repository:{repo}:pull,push"}
+        )
+    assert answer.status_code == 200
+    claims = answer.json()["token"].split(".")[1]
+    padded = claims + "=" * (-len(claims) % 4)
+    access = json.loads(base64.urlsafe_b64decode(padded))["access"]
+    assert access == [{"type": "repository", "name": repo, "actions": ["pull"]}]

@@ -67,11 +67,19 @@ def test_config_check_command(tmp_path: Path) -> None:
     good.write_text(
         "database:\n  url: postgresql://reg:pw-in-url@127.0.0.1/reg\n"
         "auth:\n  secret_key: key-in-file\n  ldap:\n    bind_password: ldap-pw-in-file\n"
+        "  oidc:\n    client_secret: oidc-secret-in-file\n"
+        "  initial_admin_password: admin-pw-in-file\n"
     )
     out = _cli("config", "check", str(good))
     assert out.returncode == 0, out.stderr
     assert "reg:***@127.0.0.1/reg" in out.stdout
-    for secret in ("pw-in-url", "key-in-file", "ldap-pw-in-file"):
+    for secret in (
+        "pw-in-url",
+        "key-in-file",
+        "ldap-pw-in-file",
+        "oidc-secret-in-file",
+        "admin-pw-in-file",
+    ):
         assert secret not in out.stdout
     bad = tmp_path / "bad.yml"
     bad.write_text("registry:\n  max_manifest_bytes: 1\n  colour: blue\n")

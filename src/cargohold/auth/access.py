@@ -61,6 +61,8 @@ def limited_by_scopes(principal: Principal, access: RepositoryAccess) -> Reposit
         cap = Role.READ
     role = None if access.role is None or cap is None else min(access.role, cap)
     right = access.right if "repo:create" in scopes else NamespaceRight.NONE
+    if not access.exists and right is NamespaceRight.NONE:
+        role = None  # pushing into a repository that does not exist creates it
     return replace(access, role=role, right=right)
 
 
