@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,7 +49,7 @@ def _scheduler(runtime: Runtime) -> Scheduler:
             lambda: runtime.uploads.purge_stale(max_age),
         )
     ]
-    tasks.append(Periodic("audit-flush", 0.5, runtime.audit.flush))
+    tasks.append(Periodic("audit-flush", 0.1, runtime.audit.flush))
     audit = runtime.settings.auth.audit
     if audit.retention_days:
         keep = timedelta(days=audit.retention_days)
@@ -119,7 +120,19 @@ def make_asgi(settings: Settings) -> ASGIApp:
     return app
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates (argon2 in the thread pool, file reads) a
+    heap arena of its own, which keeps its memory long after the work is done; a worker
+    needs no more than two."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(-8, arenas)  # M_ARENA_MAX
+
+
 def app_from_environment() -> ASGIApp:
     """Factory for the server's worker processes: settings from the file named in the
     environment (if any) plus CARGOHOLD_* variables."""
+    limit_malloc_arenas()
     return make_asgi(load_settings(os.environ.get(CONFIG_ENV) or None))

@@ -178,7 +178,13 @@ def instrumented(monkeypatch: pytest.MonkeyPatch) -> tuple[CountingHasher, list[
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    monkeypatch.setattr(credentials, "asyncio", types.SimpleNamespace(sleep=sleep))
+    fake = types.SimpleNamespace(
+        sleep=sleep,
+        shield=asyncio.shield,
+        get_running_loop=asyncio.get_running_loop,
+        Future=asyncio.Future,
+    )
+    monkeypatch.setattr(credentials, "asyncio", fake)
     return hasher, sleeps
 
 

@@ -108,6 +108,7 @@ class Authenticator:
         self.delay_seconds = delay_seconds
         self._cache: dict[bytes, tuple[float, Principal]] = {}
         self._expiry: dict[int, datetime] = {}  # credential id -> its expiry
+        self._pending: dict[bytes, asyncio.Future[Principal]] = {}  # checks under way
         self._seen = generation.current()
         # Called with (principal, identity) after an external provider's sign-in: team sync.
         self.on_external_login: list = []  # type: ignore[type-arg]
@@ -151,6 +152,26 @@ class Authenticator:
         cached = self._cached(key)
         if cached is not None:
             return cached
+        # A CI fleet starting at once sends the same credentials many times before the
+        # first check ends: check them once, and let the others wait for that answer.
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            principal = await self._basic(key, username, secret, context)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody may be waiting
+            raise
+        else:
+            future.set_result(principal)
+            return principal
+        finally:
+            del self._pending[key]
+
+    async def _basic(self, key: bytes, username: str, secret: str, context: Context) -> Principal:
         snapshot = self.generation.current()
         throttle_keys = keys_for(username, context.origin.ip)
         locked, failures = await self.throttle.state(throttle_keys)

@@ -26,15 +26,28 @@ def _verify(stored: str | None, password: str) -> bool:
         return False
 
 
+# Each argon2 run takes 19 MiB; run at most two at once (one per core here), so a burst
+# of logins neither starves the event loop's core nor leaves a 19 MiB heap arena behind
+# in each of the thread pool's threads.
+_limiter: anyio.CapacityLimiter | None = None
+
+
+def _argon2_limiter() -> anyio.CapacityLimiter:
+    global _limiter
+    if _limiter is None:  # made on first use: it belongs to the running event loop
+        _limiter = anyio.CapacityLimiter(2)
+    return _limiter
+
+
 async def verify_password(stored: str | None, password: str) -> bool:
     """Constant work whether or not `stored` exists (None: no such user)."""
     if len(password) > MAX_LENGTH:
         password = password[:MAX_LENGTH]
-    return await anyio.to_thread.run_sync(_verify, stored, password)
+    return await anyio.to_thread.run_sync(_verify, stored, password, limiter=_argon2_limiter())
 
 
 async def hash_password_async(password: str) -> str:
-    return await anyio.to_thread.run_sync(hash_password, password)
+    return await anyio.to_thread.run_sync(hash_password, password, limiter=_argon2_limiter())
 
 
 def password_problem(password: str) -> str | None:

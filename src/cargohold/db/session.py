@@ -87,6 +87,10 @@ class DbSession:
         """Execute; the number of rows changed."""
         raise NotImplementedError
 
+    async def run_many(self, statement: Sql, rows: list[dict[str, Any]]) -> None:
+        """Execute once per parameter set, in one driver call (batched inserts)."""
+        raise NotImplementedError
+
 
 def _sqlite_params(params: dict[str, Any]) -> dict[str, Any]:
     # Datetimes are stored the way SQLAlchemy's SQLite dialect stores them: naive UTC text.
@@ -114,6 +118,9 @@ class SqliteSession(DbSession):
     async def run(self, statement: Sql, **params: Any) -> int:
         return self._connection.execute(statement.sqlite, _sqlite_params(params)).rowcount
 
+    async def run_many(self, statement: Sql, rows: list[dict[str, Any]]) -> None:
+        self._connection.executemany(statement.sqlite, [_sqlite_params(r) for r in rows])
+
 
 class PostgresSession(DbSession):
     dialect = "postgresql"
@@ -138,6 +145,10 @@ class PostgresSession(DbSession):
             await cursor.execute(statement.postgres, params)
             count: int = cursor.rowcount
             return count
+
+    async def run_many(self, statement: Sql, rows: list[dict[str, Any]]) -> None:
+        async with self._connection.cursor() as cursor:
+            await cursor.executemany(statement.postgres, rows)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:

@@ -32,6 +32,7 @@ INSERT = sql(
        :repository, :ip, :user_agent, :details)"""
 )
 MAX_QUEUE = 10_000
+FLUSH_BATCH = 500
 PURGE_BATCH = 1000
 # Larger than any id: the first page of a search.
 FIRST_PAGE = 2**62
@@ -166,19 +167,23 @@ class AuditLog:
         self._queue.append(entry)
 
     async def flush(self) -> None:
-        if not self._queue:
-            return
-        batch, self._queue = self._queue, []
+        """Write what is queued, in batches of FLUSH_BATCH rows, one driver call each,
+        letting other work run between them: on SQLite writes run on the event loop, so
+        one long batch would stall every request meanwhile."""
+        while self._queue:
+            batch, self._queue = self._queue[:FLUSH_BATCH], self._queue[FLUSH_BATCH:]
+            rows = [entry.row() for entry in batch]
 
-        async def work(session: DbSession) -> None:
-            for entry in batch:
-                await session.run(INSERT, **entry.row())
+            async def work(session: DbSession, rows: list[dict[str, Any]] = rows) -> None:
+                await session.run_many(INSERT, rows)
 
-        try:
-            await run_write(self.db, work)
-        except Exception:
-            log.exception("could not write %d audit entries; requeued", len(batch))
-            self._queue[:0] = batch[: MAX_QUEUE - len(self._queue)]
+            try:
+                await run_write(self.db, work)
+            except Exception:
+                log.exception("could not write %d audit entries; requeued", len(batch))
+                self._queue[:0] = batch[: MAX_QUEUE - len(self._queue)]
+                return
+            await asyncio.sleep(0)
 
     async def purge(self, older_than: timedelta, *, batch: int = PURGE_BATCH) -> int:
         """Delete entries older than `older_than`, `batch` rows per transaction so that
