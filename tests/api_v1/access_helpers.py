@@ -12,20 +12,12 @@ from typing import Any
 
 import httpx
 
+from cargohold.auth.roles import API_SCOPES
 from tests.support.identity import Account, app_token, bearer, create_user, unique_name
 from tests.support.oci import Image, make_image, push_blob
 from tests.support.server import RegistryProcess
 
-ALL_SCOPES = (
-    "repo:read",
-    "repo:write",
-    "repo:admin",
-    "repo:create",
-    "user:read",
-    "user:admin",
-    "org:admin",
-    "super:user",
-)
+ALL_SCOPES = API_SCOPES  # every API scope there is
 CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 _admin_tokens: dict[str, str] = {}

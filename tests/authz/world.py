@@ -11,20 +11,12 @@ from typing import Any
 
 import httpx
 
+from cargohold.auth.roles import API_SCOPES
 from tests.support.identity import Account, bearer, unique_name
 from tests.support.oci import OCI_EMPTY, OCI_MANIFEST, descriptor, push_blob, sha256
 from tests.support.server import RegistryProcess
 
-ALL_SCOPES = (
-    "repo:read",
-    "repo:write",
-    "repo:admin",
-    "repo:create",
-    "user:read",
-    "user:admin",
-    "org:admin",
-    "super:user",
-)
+ALL_SCOPES = API_SCOPES  # every API scope there is
 
 # Every principal the matrix knows, in the order tables list them.
 PRINCIPALS = (
