@@ -22,6 +22,7 @@ from cargohold.services.runtime import Runtime
 from cargohold.settings import Settings, load_settings
 from cargohold.storage.registry import build_driver
 from cargohold.web.api.app import make_api
+from cargohold.web.context import runtime_of
 from cargohold.web.oauth import ROUTES as OAUTH_ROUTES
 from cargohold.web.oidc import OidcSignIn
 from cargohold.web.registry.routes import router
@@ -79,8 +80,7 @@ async def _health(request: Request) -> Response:
 
 
 async def _jwks(request: Request) -> Response:
-    runtime: Runtime = request.scope["state"]["runtime"]
-    return JSONResponse(await runtime.tokens.keys.jwks())
+    return JSONResponse(await runtime_of(request).tokens.keys.jwks())
 
 
 def web_routes(settings: Settings) -> list[BaseRoute]:

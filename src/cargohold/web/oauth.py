@@ -33,10 +33,11 @@ from cargohold.services.applications import (
     ApplicationService,
     GrantError,
 )
-from cargohold.services.audit import AuditEntry, Origin
+from cargohold.services.audit import AuditEntry
 from cargohold.services.problems import Problem
 from cargohold.services.runtime import Runtime
 from cargohold.services.sessions import COOKIE, CSRF_HEADER, WebSession
+from cargohold.web.context import origin_of, runtime_of
 
 MAX_FORM = 16 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -50,18 +51,8 @@ PAGE_HEADERS = {
 _CHALLENGE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-def _runtime(request: Request) -> Runtime:
-    rt: Runtime = request.scope["state"]["runtime"]
-    return rt
-
-
 def _service(rt: Runtime) -> ApplicationService:
     return ApplicationService(rt.db, rt.audit, rt.credentials, rt.authenticator.changed)
-
-
-def _origin(request: Request) -> Origin:
-    client = request.scope.get("client")
-    return Origin(client[0] if client else None, request.headers.get("user-agent"))
 
 
 def _error(status: int, code: str, description: str, **headers: str) -> JSONResponse:
@@ -172,7 +163,7 @@ def _consent_page(
 
 
 async def authorize(request: Request) -> Response:
-    rt = _runtime(request)
+    rt = runtime_of(request)
     if request.method == "POST":
         form = await _form(request)
         if form is None:
@@ -235,7 +226,7 @@ def _client_credentials(
 
 
 async def access_token(request: Request) -> Response:
-    rt = _runtime(request)
+    rt = runtime_of(request)
     form = await _form(request)
     if form is None:
         return _error(413, "invalid_request", "the form is too large")
@@ -266,7 +257,7 @@ async def access_token(request: Request) -> Response:
     audit = AuditEntry(
         "create_oauth_token",
         principal,
-        _origin(request),
+        origin_of(request),
         namespace=app.organization,
         details={"grant": "authorization_code"},
     )

@@ -39,6 +39,7 @@ from cargohold.services.runtime import Runtime
 from cargohold.services.sessions import COOKIE as SESSION_COOKIE
 from cargohold.services.sessions import LIFETIME as SESSION_LIFETIME
 from cargohold.settings import Settings
+from cargohold.web.context import origin_of, runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ CALLBACK_PATH = "/oauth2/oidc/callback"
 STATE_COOKIE = "cargohold_oidc"
 STATE_COOKIE_PATH = "/oauth2/oidc"
 STATE_SECONDS = 600
-
-
-def _origin(request: Request) -> Origin:
-    client = request.scope.get("client")
-    return Origin(client[0] if client else None, request.headers.get("user-agent"))
 
 
 class OidcSignIn:
@@ -132,8 +128,8 @@ class OidcSignIn:
     async def callback(self, request: Request) -> Response:
         if not self.enabled:
             return PlainTextResponse("OpenID Connect sign-in is not enabled\n", 404)
-        runtime: Runtime = request.scope["state"]["runtime"]
-        origin = _origin(request)
+        runtime = runtime_of(request)
+        origin = origin_of(request)
         auth = self._unseal(request.cookies.get(STATE_COOKIE))
         try:
             response = await self._finish(request, runtime, origin, auth)

@@ -24,6 +24,8 @@ from cargohold.services.audit import AuditEntry, Origin
 from cargohold.services.runtime import Runtime
 from cargohold.services.sessions import COOKIE, CSRF_HEADER
 from cargohold.web.api.errors import forbidden, not_found, unauthorized
+from cargohold.web.context import origin_of as origin
+from cargohold.web.context import runtime_of as runtime
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A broader scope includes the narrower ones.
@@ -34,16 +36,6 @@ IMPLIED = {
 }
 
 NAMESPACE = sql("SELECT id, kind FROM namespace WHERE name = :name")
-
-
-def runtime(request: Request) -> Runtime:
-    value: Runtime = request.scope["state"]["runtime"]
-    return value
-
-
-def origin(request: Request) -> Origin:
-    client = request.scope.get("client")
-    return Origin(client[0] if client else None, request.headers.get("user-agent"))
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,13 @@ from cargohold.auth.principal import ANONYMOUS, Principal
 from cargohold.auth.tokens import InvalidToken, Scope
 from cargohold.domain.errors import NameInvalid, Unauthorized
 from cargohold.domain.names import parse_repository
-from cargohold.services.audit import AuditEntry, Origin
+from cargohold.services.audit import AuditEntry
 from cargohold.services.runtime import Runtime
+from cargohold.web.context import origin_of
 from cargohold.web.registry.errors import error_response
 
 TOKEN_PATH = "/v2/auth"
 MAX_SCOPES = 64
-
-
-def origin_of(request: Request) -> Origin:
-    client = request.scope.get("client")
-    return Origin(client[0] if client else None, request.headers.get("user-agent"))
 
 
 def basic_credentials(header: str) -> tuple[str, str] | None:

@@ -6,7 +6,7 @@ from starlette.responses import Response
 
 from cargohold.domain.errors import ManifestTooLarge
 from cargohold.services.manifests import parse_reference
-from cargohold.web.registry.auth import origin_of
+from cargohold.web.context import origin_of
 from cargohold.web.registry.params import content_length
 from cargohold.web.registry.router import Call
 

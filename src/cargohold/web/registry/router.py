@@ -17,8 +17,8 @@ from cargohold.auth.access import ANONYMOUS, Action, Principal
 from cargohold.domain.errors import RegistryError, Unauthorized
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.runtime import Runtime
-from cargohold.web.context import runtime_of
-from cargohold.web.registry.auth import authenticate, challenge, origin_of
+from cargohold.web.context import origin_of, runtime_of
+from cargohold.web.registry.auth import authenticate, challenge
 from cargohold.web.registry.errors import error_response, to_response
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from cargohold.domain.errors import DigestInvalid, NameInvalid
 from cargohold.domain.names import RepositoryName, parse_repository
 from cargohold.services.blobs import BlobInfo
 from cargohold.services.uploads import ANONYMOUS_OWNER, UploadState
-from cargohold.web.registry.auth import origin_of
+from cargohold.web.context import origin_of
 from cargohold.web.registry.params import chunk_range, content_length
 from cargohold.web.registry.router import Call
 
