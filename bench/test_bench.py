@@ -228,11 +228,11 @@ def test_output_paths() -> None:
 
 def test_display_command_shortens_paths_and_hides_secrets() -> None:
     cmd = compare.display_command(
-        [str(compare.REPO / ".venv/bin/cargohold"), "serve", "/tmp/a b"],
+        [str(compare.REPO / ".venv/bin/cargohold"), "serve", "/proc/a b"],
         {"CARGOHOLD_DATA_DIR": "/tmp/d", "CARGOHOLD_ADMIN_PASSWORD": "hunter2"},
     )
     env = "CARGOHOLD_DATA_DIR=/tmp/d CARGOHOLD_ADMIN_PASSWORD=***"
-    assert cmd == env + " .venv/bin/cargohold serve '/tmp/a b'"
+    assert cmd == env + " .venv/bin/cargohold serve '/proc/a b'"
 
 
 def test_parse_size_and_disk_estimate() -> None:
