@@ -165,6 +165,33 @@ class AuthSettings(_Strict):
         return self
 
 
+class TagSettings(_Strict):
+    # The time machine: how long an ended tag stays restorable, unless its namespace sets
+    # its own window (0 allowed: nothing is kept).
+    time_machine_seconds: int = Field(14 * 86400, ge=0)
+    # How often tags whose expiry passed are ended (reads hide them on time regardless).
+    expiry_check_seconds: float = Field(1.0, gt=0)
+
+
+class GcSettings(_Strict):
+    enabled: bool = True  # inside `serve`; `cargohold worker` runs it apart
+    interval_seconds: float = Field(5.0, gt=0)  # pause between passes
+    batch_size: int = Field(200, ge=1, le=10_000)  # rows per transaction
+    # Nothing younger than this is collected: an untagged manifest just pushed by digest, a
+    # blob just uploaded or linked (ARCHITECTURE.md, garbage collection).
+    grace_seconds: int = Field(3600, ge=0)
+    # A collector that marked a blob for deletion and did not finish within this time is
+    # presumed dead: a push of the same bytes takes the blob back.
+    deletion_lease_seconds: int = Field(60, ge=1)
+    dry_run: bool = False
+
+
+class QuotaSettings(_Strict):
+    # Applied to namespaces that have none of their own; None: no limit.
+    default_bytes: int | None = Field(None, ge=0)
+    default_warning_percent: int = Field(80, ge=1, le=100)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CARGOHOLD_", env_nested_delimiter="__", extra="forbid"
@@ -176,6 +203,9 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     registry: RegistrySettings = RegistrySettings()
     auth: AuthSettings = AuthSettings()
+    tags: TagSettings = TagSettings()
+    gc: GcSettings = GcSettings()
+    quota: QuotaSettings = QuotaSettings()
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

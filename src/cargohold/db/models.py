@@ -43,6 +43,13 @@ class Namespace(Base):
     kind: Mapped[str] = mapped_column(String(8), default="org", server_default="org")
     email: Mapped[str | None] = mapped_column(String(255))  # an organization's contact
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # How long ended tags stay restorable (the time machine); None: the configured default.
+    time_machine_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Storage quota: bytes of distinct blobs linked into its repositories (docs/quotas.md).
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quota_warning_percent: Mapped[int | None] = mapped_column(Integer)
+    quota_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Repository(Base):
@@ -53,6 +60,10 @@ class Repository(Base):
     public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     description: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Bytes of distinct blobs linked into it.
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Deleted by a user: renamed out of the way at once, its content purged by the collector.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class Blob(Base):
@@ -61,6 +72,10 @@ class Blob(Base):
     digest: Mapped[str] = mapped_column(String(150), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last time a push published these bytes: the collector leaves younger blobs alone.
+    touched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Set by the collector while it deletes the bytes (ARCHITECTURE.md, garbage collection).
+    deleting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RepositoryBlob(Base):
@@ -124,7 +139,76 @@ class Tag(Base):
     name: Mapped[str] = mapped_column(_name(128))
     manifest_id: Mapped[int] = mapped_column(ForeignKey("manifest.id"), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # A live tag leaves the live list at this time (by the API or a quay.expires-after label).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class ManifestLabel(Base):
+    """A key/value label of a manifest: from its config or annotations ("manifest") or
+    added through the API ("api")."""
+
+    __tablename__ = "manifest_label"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    manifest_id: Mapped[int] = mapped_column(
+        ForeignKey("manifest.id", ondelete="CASCADE"), index=True
+    )
+    key: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TagImmutabilityRule(Base):
+    """Tags of the repository matching `pattern` (a glob) cannot move, be deleted or expire."""
+
+    __tablename__ = "tag_immutability_rule"
+    __table_args__ = (UniqueConstraint("repository_id", "pattern"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
+    pattern: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RepositoryStar(Base):
+    __tablename__ = "repository_star"
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class NamespaceBlob(Base):
+    """How many repositories of a namespace link a blob: a blob counts once toward the
+    namespace's usage however many of its repositories hold it."""
+
+    __tablename__ = "namespace_blob"
+    namespace_id: Mapped[int] = mapped_column(
+        ForeignKey("namespace.id", ondelete="CASCADE"), primary_key=True
+    )
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blob.id"), primary_key=True, index=True)
+    links: Mapped[int] = mapped_column(Integer)
+
+
+class GcRun(Base):
+    """One pass of the garbage collector, for its metrics and the API."""
+
+    __tablename__ = "gc_run"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    tags_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    manifests_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    links_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    blobs_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_freed: Mapped[int] = mapped_column(BigInteger, default=0)
+    repositories_purged: Mapped[int] = mapped_column(Integer, default=0)
+    backlog: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Upload(Base):
