@@ -207,14 +207,20 @@ def access_of(token: str) -> dict[str, set[str]]:
 
 
 def signing_key(server: RegistryProcess) -> tuple[str, bytes, dict[str, Any]]:
-    """(kid, private key PEM, public JWK) of the newest signing key of the server."""
+    """(kid, private key PEM, public JWK) of the newest ES256 signing key of the server
+    (an RSA key a test left behind, as an older version would, never signs)."""
     rows = query(
         server, "SELECT kid, private_key, public_jwk FROM signing_key ORDER BY retire_at DESC"
     )
+    rows = [row for row in rows if json.loads(row[2]).get("alg") == "ES256"]
     assert rows, "the server has no signing key yet (ask for a token first)"
     kid, encrypted, public = rows[0]
-    secret_key = (server.data_dir / "run" / "secret-key").read_bytes().strip()
-    return str(kid), Fernet(secret_key).decrypt(bytes(encrypted)), json.loads(public)
+    return str(kid), fernet_of(server).decrypt(bytes(encrypted)), json.loads(public)
+
+
+def fernet_of(server: RegistryProcess) -> Fernet:
+    """What encrypts the server's signing keys in the database."""
+    return Fernet((server.data_dir / "run" / "secret-key").read_bytes().strip())
 
 
 def valid_claims(sub: str, user_id: int, access: list[dict[str, Any]], /, **changes: Any) -> Any:

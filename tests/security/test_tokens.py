@@ -1,8 +1,9 @@
 """Registry tokens under attack (SECURITY.md 1.4): a JWT negative suite against /v2 with
-Bearer, key removal, and the token endpoint's scope parsing and account handling.
+Bearer, key removal, RSA keys left by older versions, and the token endpoint's scope
+parsing and account handling.
 
 Each forged token differs from a token the server accepts (the control case, signed with
-the server's own key) in one flaw only, so a 401 means the flaw was caught."""
+the server's own ES256 key) in one flaw only, so a 401 means the flaw was caught."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from tests.security.helpers import raw_request
 from tests.security.registry_support import (
@@ -30,6 +34,7 @@ from tests.security.registry_support import (
     b64,
     bearer_client,
     claims_of,
+    fernet_of,
     grant_user,
     new_app_token,
     new_user,
@@ -84,19 +89,43 @@ def target(registry: RegistryProcess) -> Target:
 def _sign(target: Target, claims: Any, **header: Any) -> str:
     kid, pem, _ = signing_key(target.server)
     headers = {"kid": kid, **header}
-    return jwt.encode(claims, pem, algorithm="RS256", headers=headers)
+    return jwt.encode(claims, pem, algorithm="ES256", headers=headers)
 
 
-def _attacker_key() -> rsa.RSAPrivateKey:
+def _attacker_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _attacker_rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _pem(key: rsa.RSAPrivateKey) -> bytes:
+def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def _ec(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    return private
+
+
+def _sign_by_hand(
+    header: dict[str, Any],
+    claims: Any,
+    private: ec.EllipticCurvePrivateKey,
+    digest: hashes.HashAlgorithm,
+) -> str:
+    """A JWS signed with ECDSA (raw r || s) whatever its header says: PyJWT will not write
+    a kid that is not text, nor ES384 with a P-256 key."""
+    signing_input = unsigned(header, claims)
+    r, s = decode_dss_signature(private.sign(signing_input.encode(), ec.ECDSA(digest)))
+    size = (private.curve.key_size + 7) // 8
+    return signing_input + "." + b64(r.to_bytes(size, "big") + s.to_bytes(size, "big"))
 
 
 def _assert_refused(target: Target, token: str) -> None:
@@ -111,7 +140,15 @@ def _assert_refused(target: Target, token: str) -> None:
 
 def test_control_a_token_signed_with_our_key_is_accepted(target: Target) -> None:
     assert target.status(_sign(target, target.claims())) == 200
-    assert target.status(token_for(target.server, target.reader.auth, _pull(target.repo))) == 200
+    issued = token_for(target.server, target.reader.auth, _pull(target.repo))
+    kid, pem, public_jwk = signing_key(target.server)
+    assert jwt.get_unverified_header(issued) == {"alg": "ES256", "typ": "JWT", "kid": kid}
+    assert public_jwk["kty"] == "EC" and public_jwk["crv"] == "P-256"
+    assert public_jwk["alg"] == "ES256" and public_jwk["use"] == "sig"
+    assert target.status(issued) == 200
+    # Hand-made signatures (used below to vary one header field) are good ones.
+    header = {"alg": "ES256", "typ": "JWT", "kid": kid}
+    assert target.status(_sign_by_hand(header, target.claims(), _ec(pem), hashes.SHA256())) == 200
 
 
 def _pull(repo: str) -> str:
@@ -127,10 +164,10 @@ def test_alg_none(target: Target) -> None:
 
 def test_hmac_signed_with_the_public_key(target: Target) -> None:
     """Algorithm confusion: HS256 keyed with our public key (as PEM and as the JWKS
-    entry), which a verifier passing the key without pinning RS256 would accept."""
+    entry), which a verifier passing the key without pinning ES256 would accept."""
     kid, _, public_jwk = signing_key(target.server)
-    public = RSAAlgorithm.from_jwk(public_jwk)
-    assert isinstance(public, rsa.RSAPublicKey)
+    public = ECAlgorithm.from_jwk(public_jwk)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
     pem = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -141,11 +178,29 @@ def test_hmac_signed_with_the_public_key(target: Target) -> None:
             _assert_refused(target, signing_input + "." + b64(mac))
 
 
+def test_another_algorithm_for_our_kid(target: Target) -> None:
+    """The algorithm is the one our key record names (ES256), never the header's: RS256 or
+    PS256 with an attacker's RSA key, ES384 and ES512 over our own key, our own ES256
+    signature under another or no name."""
+    kid, pem, _ = signing_key(target.server)
+    claims = target.claims()
+    attacker = _pem(_attacker_rsa_key())
+    for alg in ("RS256", "RS512", "PS256"):
+        _assert_refused(target, jwt.encode(claims, attacker, algorithm=alg, headers={"kid": kid}))
+    ours = _ec(pem)
+    for alg, digest in (("ES384", hashes.SHA384()), ("ES512", hashes.SHA512())):
+        header = {"alg": alg, "typ": "JWT", "kid": kid}
+        _assert_refused(target, _sign_by_hand(header, claims, ours, digest))
+    for named in ({"alg": "RS256"}, {"alg": "es256"}, {"alg": "ES256K"}, {"alg": ""}, {}):
+        header = {**named, "typ": "JWT", "kid": kid}
+        _assert_refused(target, _sign_by_hand(header, claims, ours, hashes.SHA256()))
+
+
 def test_embedded_keys_are_not_trusted(target: Target) -> None:
     """A header bringing the attacker's own key (CVE-2025-24976), with our kid or none."""
     kid, _, _ = signing_key(target.server)
     attacker = _attacker_key()
-    public_jwk = json.loads(RSAAlgorithm.to_jwk(attacker.public_key()))
+    public_jwk = json.loads(ECAlgorithm.to_jwk(attacker.public_key()))
     public_jwk["kid"] = kid
     der = attacker.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -159,7 +214,7 @@ def test_embedded_keys_are_not_trusted(target: Target) -> None:
     for extra in embedded:
         for kid_header in ({"kid": kid}, {}):
             headers = {**extra, **kid_header}
-            token = jwt.encode(target.claims(), _pem(attacker), algorithm="RS256", headers=headers)
+            token = jwt.encode(target.claims(), _pem(attacker), algorithm="ES256", headers=headers)
             _assert_refused(target, token)
         # The same header on a token our key signed is refused as well: the header is
         # the flaw, whatever the signature.
@@ -170,16 +225,13 @@ def test_unknown_or_odd_key_ids(target: Target) -> None:
     kid, pem, _ = signing_key(target.server)
     attacker = _pem(_attacker_key())
     claims = target.claims()
-    _assert_refused(target, jwt.encode(claims, attacker, "RS256", headers={"kid": kid}))
+    _assert_refused(target, jwt.encode(claims, attacker, "ES256", headers={"kid": kid}))
     for odd in ("no-such-key", "", "../../run/secret-key", "' OR 1=1 --", kid + "x"):
-        _assert_refused(target, jwt.encode(claims, pem, "RS256", headers={"kid": odd}))
+        _assert_refused(target, jwt.encode(claims, pem, "ES256", headers={"kid": odd}))
     for not_text in (7, None, [kid], {"kid": kid}):  # PyJWT will not write these: by hand
-        signing_input = unsigned({"alg": "RS256", "typ": "JWT", "kid": not_text}, claims)
-        private = serialization.load_pem_private_key(pem, password=None)
-        assert isinstance(private, rsa.RSAPrivateKey)
-        signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        _assert_refused(target, signing_input + "." + b64(signature))
-    no_kid = jwt.encode(claims, pem, "RS256")
+        header = {"alg": "ES256", "typ": "JWT", "kid": not_text}
+        _assert_refused(target, _sign_by_hand(header, claims, _ec(pem), hashes.SHA256()))
+    no_kid = jwt.encode(claims, pem, "ES256")
     assert "kid" not in jwt.get_unverified_header(no_kid)
     _assert_refused(target, no_kid)
 
@@ -390,6 +442,103 @@ def test_a_token_of_a_deleted_key_stops_working(refreshing: RegistryProcess) -> 
         published = {k["kid"] for k in c.get("/.well-known/jwks.json").json()["keys"]}
     assert kid not in published
     assert jwt.get_unverified_header(fresh)["kid"] in published
+
+
+# -- an RSA key left by an older version -----------------------------------------------
+
+
+@pytest.fixture
+def upgraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """A server of its own that has issued no token yet (the RSA keys this test adds
+    must be in the database before its key ring first reads it)."""
+    server = RegistryProcess(tmp_path_factory.mktemp("registry-upgraded")).start()
+    yield server
+    server.stop()
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _add_rsa_key(server: RegistryProcess, alg: str | None) -> tuple[str, rsa.RSAPrivateKey]:
+    """A signing key row as versions before ES256 wrote it: RSA 2048, the JWK naming
+    RS256 (`alg` None: naming nothing), still within its signing period."""
+    private = _attacker_rsa_key()
+    kid = secrets.token_hex(8)
+    jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    jwk.update(kid=kid, use="sig")
+    if alg is not None:
+        jwk["alg"] = alg
+    now = datetime.now(UTC)
+    query(
+        server,
+        "INSERT INTO signing_key (kid, private_key, public_jwk, created_at, retire_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        kid,
+        fernet_of(server).encrypt(_pem(private)),
+        json.dumps(jwk),
+        _stamp(now - timedelta(days=1)),
+        _stamp(now + timedelta(days=29)),
+        _stamp(now + timedelta(days=29, minutes=10)),
+    )
+    return kid, private
+
+
+def test_an_rsa_key_of_an_older_version_verifies_but_no_longer_signs(
+    upgraded: RegistryProcess,
+) -> None:
+    server = upgraded
+    legacy = [_add_rsa_key(server, "RS256"), _add_rsa_key(server, None)]
+    legacy_kids = {kid for kid, _ in legacy}
+    repo = f"legacy{uuid.uuid4().hex[:8]}/app"
+    with server.client() as admin:
+        digest = push_blob(admin, repo, b"older keys")
+    reader = new_user(server)
+    grant_user(server, repo, reader, "read")
+    access = [{"type": "repository", "name": repo, "actions": ["pull"]}]
+    claims = valid_claims(reader.name, user_id(server, reader.name), access)
+    url = f"/v2/{repo}/blobs/{digest}"
+
+    def status(token: str) -> int:
+        with bearer_client(server, token) as c:
+            return c.get(url).status_code
+
+    # New tokens are ES256, with a new key, though the RSA keys could still sign by date.
+    issued = token_for(server, reader.auth, _pull(repo))
+    header = jwt.get_unverified_header(issued)
+    assert header["alg"] == "ES256" and header["kid"] not in legacy_kids
+    assert status(issued) == 200
+    again = token_for(server, reader.auth, _pull(repo))
+    assert jwt.get_unverified_header(again) == header
+    # Tokens the older version signed still verify, with RS256 only.
+    for kid, private in legacy:
+        assert status(jwt.encode(claims, _pem(private), "RS256", headers={"kid": kid})) == 200
+    # JWKS publishes all three.
+    with server.client(auth=None) as c:
+        published = {k["kid"]: k for k in c.get("/.well-known/jwks.json").json()["keys"]}
+    assert legacy_kids | {header["kid"]} <= set(published)
+    assert published[header["kid"]]["alg"] == "ES256"
+    assert all(published[kid]["kty"] == "RSA" for kid in legacy_kids)
+    # Each key verifies with its own algorithm only: no mixing our keys and algorithms.
+    es_kid, es_pem, _ = signing_key(server)
+    assert es_kid == header["kid"]
+    for kid, private in legacy:
+        rsa_pem = _pem(private)
+        refused = [
+            jwt.encode(claims, rsa_pem, "RS512", headers={"kid": kid}),
+            jwt.encode(claims, rsa_pem, "PS256", headers={"kid": kid}),
+            jwt.encode(claims, rsa_pem, "RS256", headers={"kid": es_kid}),
+            jwt.encode(claims, es_pem, "ES256", headers={"kid": kid}),
+        ]
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        signing_input = unsigned({"alg": "HS256", "typ": "JWT", "kid": kid}, claims)
+        mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+        refused.append(signing_input + "." + b64(mac))
+        refused.append(unsigned({"alg": "none", "typ": "JWT", "kid": kid}, claims) + ".")
+        for token in refused:
+            assert status(token) == 401, jwt.get_unverified_header(token)
 
 
 # -- the challenge ---------------------------------------------------------------------

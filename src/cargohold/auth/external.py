@@ -16,6 +16,13 @@ from cargohold.db.session import Database
 from cargohold.db.sql import sql
 from cargohold.db.values import as_bool
 
+
+class LdapUnavailable(Exception):
+    """The directory could not be asked (service bind, StartTLS, search error). Defined
+    here rather than in auth/ldap.py so that catching it does not import ldap3 (5 MiB in
+    every worker that never talks LDAP)."""
+
+
 LOCAL_ACCOUNT = sql(
     """SELECT password_hash, email, provider, superuser FROM user_account
        WHERE username = :name AND enabled = :yes"""

@@ -1,6 +1,8 @@
-"""Keys that sign registry tokens: RSA, kept in the database so that every replica signs
-and verifies with the same set, encrypted at rest with the configured secret key, and
-rotated: a key signs for `rotation` and verifies until the last token it signed expired."""
+"""Keys that sign registry tokens: ECDSA P-256 (ES256), kept in the database so that every
+replica signs and verifies with the same set, encrypted at rest with the configured secret
+key, and rotated: a key signs for `rotation` and verifies until the last token it signed
+expired. RSA keys (RS256) written by older versions still verify until they expire, but
+never sign again."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cargohold.db.base import utcnow
 from cargohold.db.session import Database, run_write
@@ -34,6 +36,13 @@ INSERT_KEY = sql(
 DELETE_EXPIRED = sql("DELETE FROM signing_key WHERE expires_at <= :now")
 
 REFRESH_SECONDS = 60.0
+
+# The algorithm new tokens are signed with.
+SIGNING_ALGORITHM = "ES256"
+# A stored JWK without "alg" is an RSA key of an older version.
+LEGACY_ALGORITHM = "RS256"
+# The algorithms a stored key may have, and how its public JWK is read.
+_JWK_READERS: dict[str, Any] = {"ES256": ECAlgorithm, "RS256": RSAAlgorithm}
 
 
 def load_or_create_secret_key(configured: str, data_dir: str) -> bytes:
@@ -60,9 +69,11 @@ def load_or_create_secret_key(configured: str, data_dir: str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """A key parsed once: loading an RSA key costs ~200 ms of checks, far more than a
-    signature."""
+    signature. `algorithm` comes from our own record (the stored JWK's "alg"), and is the
+    only one its tokens are signed and verified with."""
 
     kid: str
+    algorithm: str
     private_key: Any
     public_key: Any
     public_jwk: dict[str, Any]
@@ -70,8 +81,12 @@ class SigningKey:
 
     @classmethod
     def load(cls, kid: str, pem: bytes, jwk: dict[str, Any], retire_at: datetime) -> SigningKey:
+        algorithm = jwk.get("alg", LEGACY_ALGORITHM)
+        reader = _JWK_READERS.get(algorithm)
+        if reader is None:
+            raise ValueError(f"signing key {kid}: unsupported algorithm {algorithm!r}")
         private = serialization.load_pem_private_key(pem, password=None)
-        return cls(kid, private, RSAAlgorithm.from_jwk(jwk), jwk, retire_at)
+        return cls(kid, algorithm, private, reader.from_jwk(jwk), jwk, retire_at)
 
 
 class KeyRing:
@@ -99,11 +114,15 @@ class KeyRing:
             rows = await session.all(LIVE_KEYS, now=utcnow())
         keys: dict[str, SigningKey] = {}
         for kid, private, jwk, retire_at in rows:
-            pem = self.fernet.decrypt(bytes(private))
             known = self._keys.get(kid)
-            keys[kid] = known or SigningKey.load(
-                kid, pem, json.loads(jwk), as_datetime(retire_at) or utcnow()
-            )
+            if known is not None:
+                keys[kid] = known
+                continue
+            public_jwk = json.loads(jwk)
+            if public_jwk.get("alg", LEGACY_ALGORITHM) not in _JWK_READERS:
+                continue  # a newer version's kind of key: this one can't use it
+            pem = self.fernet.decrypt(bytes(private))
+            keys[kid] = SigningKey.load(kid, pem, public_jwk, as_datetime(retire_at) or utcnow())
         self._keys = keys
         self._loaded_at = time.monotonic()
 
@@ -112,15 +131,21 @@ class KeyRing:
             await self._load()
 
     async def current(self) -> SigningKey:
-        """The newest key still signing; a new one when none is."""
+        """The newest key still signing with SIGNING_ALGORITHM; a new one when none is (an
+        RSA key of an older version is never chosen: it only verifies until it expires)."""
         await self._fresh()
         now = utcnow()
-        signing = [k for k in self._keys.values() if k.retire_at > now]
+        signing = self._signing(now)
         if not signing:
             await self._create()
             await self._fresh(force=True)
-            signing = [k for k in self._keys.values() if k.retire_at > now]
+            signing = self._signing(now)
         return max(signing, key=lambda k: k.retire_at)
+
+    def _signing(self, now: datetime) -> list[SigningKey]:
+        return [
+            k for k in self._keys.values() if k.retire_at > now and k.algorithm == SIGNING_ALGORITHM
+        ]
 
     async def verifying_key(self, kid: str) -> SigningKey | None:
         await self._fresh()
@@ -136,15 +161,15 @@ class KeyRing:
         return {"keys": [k.public_jwk for k in self._keys.values()]}
 
     async def _create(self) -> None:
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private = ec.generate_private_key(ec.SECP256R1())
         pem = private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         kid = secrets.token_hex(8)
-        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
-        jwk.update(kid=kid, use="sig", alg="RS256")
+        jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(private.public_key()))
+        jwk.update(kid=kid, use="sig", alg=SIGNING_ALGORITHM)
         now = utcnow()
         retire_at = now + self.rotation
         expires_at = retire_at + self.ttl + timedelta(minutes=5)

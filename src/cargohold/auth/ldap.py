@@ -21,9 +21,10 @@ from typing import Any
 
 import anyio
 from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.core.exceptions import LDAPException, LDAPInvalidDnError
 from ldap3.utils.conv import escape_filter_chars
 
+from cargohold.auth.external import LdapUnavailable
 from cargohold.auth.identity import ExternalIdentity
 from cargohold.domain.errors import NameInvalid
 from cargohold.domain.names import parse_namespace
@@ -32,11 +33,6 @@ from cargohold.settings import LdapSettings
 NO_SUCH_OBJECT = 32
 INVALID_DN_SYNTAX = 34
 SIZE_LIMIT_EXCEEDED = 4
-
-
-class LdapUnavailable(Exception):
-    """The directory could not be asked (service bind, StartTLS, search error). ldap3's
-    own LDAPException covers the rest (connection refused, TLS handshake)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +201,10 @@ class LdapProvider:
 
     async def group(self, group_dn: str) -> str | None:
         """The group's DN as the server spells it, or None when there is no such entry."""
-        return await anyio.to_thread.run_sync(self._group, group_dn)
+        try:
+            return await anyio.to_thread.run_sync(self._group, group_dn)
+        except LDAPException as exc:  # connection refused, TLS handshake
+            raise LdapUnavailable(str(exc)) from exc
 
     def _members(self, group_dn: str) -> list[str]:
         s = self.settings
@@ -232,4 +231,7 @@ class LdapProvider:
     async def group_members(self, group_dn: str) -> list[str]:
         """The uids of a group's members that are users (for the periodic team sync);
         [] when the group does not exist. LdapUnavailable when the directory fails."""
-        return await anyio.to_thread.run_sync(self._members, group_dn)
+        try:
+            return await anyio.to_thread.run_sync(self._members, group_dn)
+        except LDAPException as exc:
+            raise LdapUnavailable(str(exc)) from exc

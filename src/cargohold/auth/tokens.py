@@ -1,6 +1,8 @@
 """Registry bearer tokens (the Docker token flow): signed JWTs whose `access` claim lists
-what the holder may do. Verification trusts only our own keys by `kid` and RS256: a
-token's header cannot bring its own key (jwk, jku, x5c) or choose the algorithm."""
+what the holder may do, signed with ES256. Verification trusts only our own keys by `kid`,
+each with the one algorithm of its key record (ES256, or RS256 for an RSA key of an older
+version until it expires): a token's header cannot bring its own key (jwk, jku, x5c, x5u)
+or choose the algorithm."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import jwt
 from cargohold.auth.keys import KeyRing
 from cargohold.auth.principal import Method, Principal, PrincipalKind
 
-ALGORITHM = "RS256"
 _FORBIDDEN_HEADERS = ("jwk", "jku", "x5c", "x5u", "crit")
 
 
@@ -81,7 +82,9 @@ class RegistryTokens:
                 "cred": principal.credential_id,
             },
         }
-        token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+        token = jwt.encode(
+            claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
+        )
         return token, ttl
 
     async def verify(self, token: str) -> Principal:
@@ -94,22 +97,26 @@ class RegistryTokens:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise InvalidToken("malformed token") from exc
-        if header.get("alg") != ALGORITHM or any(h in header for h in _FORBIDDEN_HEADERS):
-            raise InvalidToken("token algorithm or header not accepted")
+        if any(h in header for h in _FORBIDDEN_HEADERS):
+            raise InvalidToken("token header not accepted")
         kid = header.get("kid")
         key = await self.keys.verifying_key(kid) if isinstance(kid, str) else None
         if key is None:
             raise InvalidToken("unknown signing key")
+        # The algorithm is the one of our key record, never the token's choice.
+        if header.get("alg") != key.algorithm:
+            raise InvalidToken("token algorithm not accepted")
         try:
             claims = jwt.decode(
                 token,
                 key.public_key,
-                algorithms=[ALGORITHM],
+                algorithms=[key.algorithm],
                 audience=self.service,
                 issuer=self.issuer,
                 options={"require": ["exp", "iat", "nbf", "aud", "iss", "sub"]},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            # ValueError/TypeError: a key and a signature that do not fit each other.
             raise InvalidToken(str(exc)) from exc
         principal = _principal(claims)
         if len(self._verified) > 50_000:

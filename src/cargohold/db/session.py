@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -33,22 +34,31 @@ from cargohold.db.sql import Sql
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
-# Errors that mean "a concurrent writer won": retried by run_write.
-_RETRYABLE: tuple[type[Exception], ...] = (sqlite3.IntegrityError, sqlite3.OperationalError)
-try:
-    import psycopg
+# Errors that mean "a concurrent writer won": retried by run_write. psycopg's join them
+# once something imported psycopg (a PostgreSQL database): importing it costs every
+# embedded-default worker 10 MiB for errors SQLite never raises.
+_RETRYABLE: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.OperationalError,
+    sqlalchemy.exc.IntegrityError,
+    sqlalchemy.exc.OperationalError,
+)
 
-    _RETRYABLE += (
-        psycopg.errors.UniqueViolation,
-        psycopg.errors.DeadlockDetected,
-        psycopg.errors.SerializationFailure,
+
+def _retryable() -> tuple[type[Exception], ...]:
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return _RETRYABLE
+    errors = psycopg.errors
+    return (
+        *_RETRYABLE,
+        errors.UniqueViolation,
+        errors.DeadlockDetected,
+        errors.SerializationFailure,
         # A concurrent delete removed a row this transaction refers to: run it again,
         # and it fails (or succeeds) cleanly against the new state.
-        psycopg.errors.ForeignKeyViolation,
+        errors.ForeignKeyViolation,
     )
-except ImportError:  # pragma: no cover - psycopg is a dependency
-    pass
-_RETRYABLE += (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)
 
 
 def async_url(url: str) -> str:
@@ -302,7 +312,7 @@ async def run_write(
         try:
             async with db.write() as session:
                 return await work(session)
-        except _RETRYABLE:
+        except _retryable():
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cargohold.auth.identity import ExternalIdentity
-from cargohold.auth.ldap import LdapProvider
 from cargohold.auth.permissions import Permissions
 from cargohold.auth.principal import ANONYMOUS, Principal
 from cargohold.db.session import Database, DbSession, run_write
@@ -32,6 +32,9 @@ from cargohold.db.sql import sql
 from cargohold.db.values import as_bool
 from cargohold.services.audit import AuditEntry, AuditLog, Origin
 from cargohold.settings import Settings
+
+if TYPE_CHECKING:
+    from cargohold.auth.ldap import LdapProvider
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,11 @@ class TeamSync:
         self.db = db
         self.audit = audit
         self.permissions = permissions
-        self.ldap = LdapProvider(settings.auth.ldap) if self.provider == "ldap" else None
+        self.ldap: LdapProvider | None = None
+        if self.provider == "ldap":
+            from cargohold.auth.ldap import LdapProvider  # ldap3 only where it is used
+
+            self.ldap = LdapProvider(settings.auth.ldap)
 
     def _key(self, group: str) -> str:
         # LDAP DNs come from the server on both sides; their attribute types and the

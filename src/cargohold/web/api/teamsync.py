@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
-from ldap3.core.exceptions import LDAPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from cargohold.auth.ldap import LdapUnavailable
+from cargohold.auth.external import LdapUnavailable
 from cargohold.services.teamsync import TeamSyncError
 from cargohold.web.api.deps import Caller, OrgAccess
 from cargohold.web.api.errors import ApiError, bad_request, not_found
@@ -60,7 +59,7 @@ async def enable_sync(
         group = await teamsync.canonical_group(given)
     except TeamSyncError as exc:
         raise bad_request(str(exc)) from exc
-    except (LDAPException, LdapUnavailable) as exc:
+    except LdapUnavailable as exc:
         raise ApiError(502, "the LDAP directory cannot be reached", "upstream_error") from exc
     entry = caller.audit(
         "sync_team",
