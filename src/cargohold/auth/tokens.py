@@ -85,7 +85,17 @@ class RegistryTokens:
         token = jwt.encode(
             claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
         )
+        # The client comes back with it at once, most often to this same process: a token
+        # we just signed needs no signature check (Docker clients get one per repository).
+        self._remember(token, claims, key.kid)
         return token, ttl
+
+    def _remember(self, token: str, claims: Mapping[str, Any], kid: str) -> Principal:
+        principal = _principal(claims)
+        if len(self._verified) > 50_000:
+            self._verified.clear()
+        self._verified[token] = (float(claims["exp"]), principal, kid)
+        return principal
 
     async def verify(self, token: str) -> Principal:
         hit = self._verified.get(token)
@@ -118,11 +128,7 @@ class RegistryTokens:
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             # ValueError/TypeError: a key and a signature that do not fit each other.
             raise InvalidToken(str(exc)) from exc
-        principal = _principal(claims)
-        if len(self._verified) > 50_000:
-            self._verified.clear()
-        self._verified[token] = (float(claims["exp"]), principal, key.kid)
-        return principal
+        return self._remember(token, claims, key.kid)
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
