@@ -405,8 +405,16 @@ def write_outputs(out: Path, doc: dict[str, Any], info: report.RunInfo, chart_ti
         subtitle += ": QUICK SMOKE RUN, not a measurement"
     svg_path = out.with_name(info.svg_link)
     svg_path.write_text(report.render_svg(rows, chart_title, subtitle, info.candidate))
-    out.write_text(report.render_markdown(doc, info))
+    # The garbage collection section (bench/gcbench.py) is another benchmark's: keep it.
+    kept = re.search(
+        r"<!-- gc-benchmark:begin -->.*?<!-- gc-benchmark:end -->\n?", _text(out), re.S
+    )
+    out.write_text(report.render_markdown(doc, info) + ("\n" + kept[0] if kept else ""))
     return svg_path
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 @dataclass(frozen=True)

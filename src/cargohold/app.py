@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -18,11 +20,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cargohold import __version__
 from cargohold.db.session import Database
 from cargohold.jobs.schedule import Periodic, Scheduler
+from cargohold.services.gc import Collector
 from cargohold.services.runtime import Runtime
+from cargohold.services.tags import TagService
 from cargohold.settings import Settings, load_settings
 from cargohold.storage.registry import build_driver
 from cargohold.web.api.app import make_api
 from cargohold.web.context import runtime_of
+from cargohold.web.health import health_routes
+from cargohold.web.metrics import instrument, metrics_routes
 from cargohold.web.oauth import ROUTES as OAUTH_ROUTES
 from cargohold.web.oidc import OidcSignIn
 from cargohold.web.registry.routes import router
@@ -40,7 +46,9 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime.build(settings, db, build_driver(settings))
 
 
-def _scheduler(runtime: Runtime) -> Scheduler:
+def _scheduler(runtime: Runtime, *, gc: bool | None = None) -> Scheduler:
+    """The periodic jobs of a server process (or of `cargohold worker`); garbage collection
+    when `gc` (by default: the setting gc.enabled)."""
     reg = runtime.settings.registry
     max_age = timedelta(seconds=reg.upload_max_age_seconds)
     tasks = [
@@ -51,6 +59,15 @@ def _scheduler(runtime: Runtime) -> Scheduler:
         )
     ]
     tasks.append(Periodic("audit-flush", 0.1, runtime.audit.flush))
+    expiry = TagService(
+        runtime.db,
+        runtime.audit,
+        time_machine_seconds=runtime.settings.tags.time_machine_seconds,
+        content_changed=runtime.cache.invalidate,
+    )
+    tasks.append(
+        Periodic("expire-tags", runtime.settings.tags.expiry_check_seconds, expiry.end_expired)
+    )
     audit = runtime.settings.auth.audit
     if audit.retention_days:
         keep = timedelta(days=audit.retention_days)
@@ -68,7 +85,42 @@ def _scheduler(runtime: Runtime) -> Scheduler:
         tasks.append(Periodic("ldap-team-sync", interval, runtime.teamsync.sync_all))
     if runtime.db.sqlite:
         tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
+    if runtime.settings.gc.enabled if gc is None else gc:
+        # Every worker process tries; an flock lets one pass run at a time on the host.
+        collector = make_collector(runtime)
+        tasks.append(Periodic("gc", runtime.settings.gc.interval_seconds, collector.run_once))
     return Scheduler(tasks)
+
+
+def make_collector(runtime: Runtime) -> Collector:
+    return Collector(runtime.db, runtime.storage, runtime.cache, runtime.settings)
+
+
+async def run_worker(
+    settings: Settings, *, gc_only: bool = False, dry_run: bool | None = None
+) -> None:
+    """`cargohold worker` (every periodic job, garbage collection included, whatever
+    gc.enabled says) or `cargohold gc` (`gc_only`), without serving, until SIGINT or
+    SIGTERM."""
+    runtime = build_runtime(settings)
+    if gc_only:
+        collector = make_collector(runtime)
+        tasks = [Periodic("gc", settings.gc.interval_seconds, lambda: collector.run_once(dry_run))]
+        if runtime.db.sqlite:
+            tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
+        scheduler = Scheduler(tasks)
+    else:
+        scheduler = _scheduler(runtime, gc=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    scheduler.start()
+    try:
+        await stop.wait()
+    finally:
+        await scheduler.stop()
+        await runtime.close()
 
 
 async def _home(request: Request) -> Response:
@@ -89,6 +141,8 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
         Route("/", _home),
         Route("/healthz", _health),
         Route("/.well-known/jwks.json", _jwks),
+        *health_routes(),
+        *metrics_routes(settings),
         Mount("/api/v1", make_api()),
         Mount("/oauth", routes=OAUTH_ROUTES),
         *OidcSignIn(settings).routes(),
@@ -117,7 +171,7 @@ def make_asgi(settings: Settings) -> ASGIApp:
         else:
             await web(scope, receive, send)
 
-    return app
+    return instrument(app) if settings.metrics.enabled else app
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

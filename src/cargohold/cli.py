@@ -23,6 +23,8 @@ user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 token_app = typer.Typer(help="Issue app-specific tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+quota_app = typer.Typer(help="Storage usage and quotas.", no_args_is_help=True)
+app.add_typer(quota_app, name="quota")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration file.", exists=False)
@@ -43,6 +45,13 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.database.url)
 
 
+def _storage_place(settings: Settings) -> str:
+    if settings.storage.driver == "s3":
+        s3 = settings.storage.s3
+        return f"{s3.endpoint_url or 'AWS'} bucket {s3.bucket} {s3.prefix}".rstrip()
+    return settings.storage.filesystem.root
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -55,6 +64,11 @@ def serve(
     from granian.constants import Interfaces, Loops
 
     settings = _load(config)
+    if settings.metrics.enabled:
+        from cargohold.web.metrics_files import prepare_multiprocess_dir
+
+        # Before anything imports prometheus_client: the workers sum their figures there.
+        prepare_multiprocess_dir(settings.data_dir)
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
     workers = workers or settings.server.workers
@@ -68,7 +82,7 @@ def serve(
     typer.echo(
         f"cargohold {__version__} serving the OCI registry API on http://{where}/v2/\n"
         f"  database: {Settings.masked(settings)['database']['url']}\n"
-        f"  storage:  {settings.storage.driver} {settings.storage.filesystem.root}\n"
+        f"  storage:  {settings.storage.driver} {_storage_place(settings)}\n"
         f"{login}"
         f"  Log in:   docker login {where} -u <user>   (podman login, skopeo login alike;\n"
         f"            docker/podman need {where} in insecure-registries for plain HTTP)\n"
@@ -213,6 +227,92 @@ def token_create(
     typer.echo(token)
 
 
+@quota_app.command("recalculate")
+def quota_recalculate(
+    check: Annotated[
+        bool, typer.Option("--check", help="Only report differences; change nothing.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Recalculate storage usage from the blob links and compare it with the figures kept
+    on every push (docs/quotas.md). Prints each difference; without --check, corrects it.
+    Exits 1 when --check finds a difference."""
+    settings = _load(config)
+    _migrate(settings)
+
+    async def run() -> list[Any]:
+        from cargohold.app import build_runtime
+
+        runtime = build_runtime(settings)
+        try:
+            quotas = runtime.quotas
+            return await (quotas.check() if check else quotas.recalculate())
+        finally:
+            await runtime.close()
+
+    found = _run(run())
+    for d in found:
+        if d.kind == "namespace_blob":
+            typer.echo(f"namespace_blob {d.name}: {d.stored} blob reference counts differ")
+        else:
+            typer.echo(f"{d.kind} {d.name}: stored {d.stored}, recalculated {d.recalculated}")
+    if not found:
+        typer.echo("usage figures agree with a recalculation")
+    elif check:
+        raise typer.Exit(1)
+    else:
+        typer.echo(f"corrected {len(found)} figures")
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run the periodic jobs without serving: garbage collection (whatever gc.enabled
+    says), tag expiry, stale-upload purge, audit retention. Beside `serve` with
+    gc.enabled false, or on another host of the same database and storage."""
+    from cargohold.app import run_worker
+
+    settings = _load(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _migrate(settings)
+    _run(run_worker(settings))
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass, printed as JSON, then exit.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Collect garbage: one pass with --once, else a pass every gc.interval_seconds until
+    stopped. Only one pass runs at a time on a host (--once waits for a running one)."""
+    from cargohold.app import build_runtime, make_collector, run_worker
+
+    settings = _load(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _migrate(settings)
+    if not once:
+        _run(run_worker(settings, gc_only=True, dry_run=dry_run or None))
+        return
+
+    async def one_pass() -> dict[str, Any]:
+        runtime = build_runtime(settings)
+        try:
+            run = await make_collector(runtime).run_once(dry_run or None, wait=True)
+            assert run is not None  # waited for the lock
+            return run.as_json()
+        finally:
+            await runtime.close()
+
+    result = _run(one_pass())
+    typer.echo(json.dumps(result, indent=2))
+    if result["error"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Bring the database schema up to date."""
@@ -222,11 +322,40 @@ def migrate(config: ConfigOption = None) -> None:
 
 
 @config_app.command("check")
-def config_check(file: Annotated[Path | None, typer.Argument(help="YAML file.")] = None) -> None:
-    """Validate the configuration and print the effective settings, secrets masked."""
+def config_check(
+    file: Annotated[Path | None, typer.Argument(help="YAML file.")] = None,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Also connect to the database, the storage and the identity provider.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds each --online check may take.", min=0.1)
+    ] = 5.0,
+) -> None:
+    """Validate the configuration and print the effective settings, secrets masked. With
+    --online, then check each configured service (as GET /health/endtoend does) and exit
+    1 naming those that fail."""
     settings = _load(file)
     typer.echo(json.dumps(settings.masked(), indent=2))
     typer.echo("configuration is valid", err=True)
+    if not online:
+        return
+    from cargohold.services.health import check_online
+
+    results = _run(check_online(settings, seconds=timeout))
+    for r in results:
+        if r.ok:
+            typer.echo(f"{r.name}: ok ({r.ms:.0f} ms)", err=True)
+        else:
+            typer.echo(f"{r.name}: FAILED: {r.error}", err=True)
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        typer.echo(f"unreachable: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+    typer.echo("every configured service answers", err=True)
 
 
 @app.command()

@@ -56,9 +56,40 @@ class FilesystemStorageSettings(_Strict):
     fsync: bool = True
 
 
+class S3StorageSettings(_Strict):
+    """Any S3-compatible service (docs/configuration.md, "S3 storage")."""
+
+    endpoint_url: str = ""  # empty: AWS S3 in `region`
+    region: str = "us-east-1"
+    bucket: str = ""
+    prefix: str = ""  # the root directory inside the bucket
+    access_key: str = ""  # empty (with secret_key): boto3's own chain (environment, IAM role)
+    secret_key: SecretStr = SecretStr("")
+    addressing: Literal["auto", "path", "virtual"] = "auto"
+    redirect: bool = False  # blob GET: 307 to a presigned URL instead of proxying the bytes
+    presign_seconds: int = Field(1200, ge=1, le=7 * 86400)
+    multipart_part_bytes: int = Field(16 * 1024**2, ge=5 * 1024**2, le=1024**3)
+    max_pool_connections: int = Field(32, ge=1, le=512)
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = Field(5, ge=1, le=20)
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    # "lease": one writer per upload across replicas through conditional PUTs (If-None-Match);
+    # "local": this process only (one replica, or a service without conditional writes).
+    upload_locks: Literal["lease", "local"] = "lease"
+    lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
+
+
 class StorageSettings(_Strict):
-    driver: Literal["filesystem", "memory"] = "filesystem"
+    driver: Literal["filesystem", "memory", "s3"] = "filesystem"
     filesystem: FilesystemStorageSettings = FilesystemStorageSettings()
+    s3: S3StorageSettings = S3StorageSettings()
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> StorageSettings:
+        if self.driver == "s3" and not self.s3.bucket:
+            raise ValueError("storage.driver s3 needs storage.s3.bucket")
+        return self
 
 
 class RegistrySettings(_Strict):
@@ -184,12 +215,24 @@ class GcSettings(_Strict):
     # presumed dead: a push of the same bytes takes the blob back.
     deletion_lease_seconds: int = Field(60, ge=1)
     dry_run: bool = False
+    # After each step (a scan, a batch) the collector rests this many times as long as the
+    # step took: 1 leaves about half of a serving process to requests; 0 runs flat out.
+    pace: float = Field(1.0, ge=0, le=100)
 
 
 class QuotaSettings(_Strict):
     # Applied to namespaces that have none of their own; None: no limit.
     default_bytes: int | None = Field(None, ge=0)
     default_warning_percent: int = Field(80, ge=1, le=100)
+
+
+class MetricsSettings(_Strict):
+    """Prometheus metrics at GET /metrics (docs/operations.md)."""
+
+    enabled: bool = True
+    # A bearer token scrapers must send; empty: /metrics answers only requests from a
+    # loopback address that did not come through a proxy (no Forwarded/X-Forwarded-For).
+    token: SecretStr = SecretStr("")
 
 
 class Settings(BaseSettings):
@@ -206,6 +249,7 @@ class Settings(BaseSettings):
     tags: TagSettings = TagSettings()
     gc: GcSettings = GcSettings()
     quota: QuotaSettings = QuotaSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

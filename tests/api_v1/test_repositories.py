@@ -63,6 +63,9 @@ def test_create_in_own_namespace(registry: RegistryProcess, carol: Person) -> No
             "is_organization": False,
             "can_write": True,
             "can_admin": True,
+            "size": 0,
+            "last_modified": None,  # nothing pushed yet
+            "quota_report": {"quota_bytes": 0, "configured_quota": None},
         }
         api_error(c.post("/repository", json={"namespace": carol.name, "repository": name}), 409)
     with v2(registry, carol.auth) as c:
@@ -165,6 +168,9 @@ def test_listing_shows_only_what_the_caller_can_read(
             "kind": "image",
             "description": "open",
             "is_public": True,
+            "is_starred": False,
+            "size": 0,
+            "last_modified": None,
         }
         assert "next_page" not in listed
         api_error(c.get("/repository", params={"namespace": "Not A Name"}), 400)
@@ -306,7 +312,7 @@ def test_private_repositories_are_not_enumerable(registry: RegistryProcess) -> N
         )
 
 
-def test_delete_refuses_content_then_deletes(registry: RegistryProcess, carol: Person) -> None:
+def test_delete_takes_the_content_along(registry: RegistryProcess, carol: Person) -> None:
     org = new_org(registry, "rpdel")
     repo = new_repo(registry, org, "team/app")
     grant(registry, repo, carol.name, "write")
@@ -315,11 +321,11 @@ def test_delete_refuses_content_then_deletes(registry: RegistryProcess, carol: P
         assert status == 201 and image is not None
     mark = last_id(registry)
     with admin_api(registry) as c:
-        body = api_error(c.delete(f"/repository/{repo}"), 409)
-        assert "manifests" in body["error_message"]
-        with registry.client() as su:
-            assert su.delete(f"/v2/{repo}/manifests/{image.digest}").status_code == 202
+        # At once, content and all (the garbage collector purges it afterwards).
         assert c.delete(f"/repository/{repo}").status_code == 204
+        with registry.client() as su:
+            assert pull_status(su, repo, "v1") == 404
+            assert su.get(f"/v2/{repo}/manifests/{image.digest}").status_code == 404
         api_error(c.get(f"/repository/{repo}"), 404)
         api_error(c.delete(f"/repository/{repo}"), 404)
         api_error(c.get(f"/repository/{repo}/permissions/user/"), 404)
@@ -338,7 +344,7 @@ def test_delete_refuses_content_then_deletes(registry: RegistryProcess, carol: P
         repository=repo,
         after=mark,
     )
-    # Not the refused delete (409) nor the repeated one (404).
+    # Not the repeated delete (404).
     deletes = entries(registry, "delete_repo", after=mark)
     assert [e.id for e in deletes if e.repository == repo] == [deleted.id]
 
@@ -377,9 +383,6 @@ def test_repository_lifecycle_on_both_databases(any_registry: RegistryProcess) -
     with v2(server, None) as anonymous:
         assert pull_status(anonymous, repo) == 200
     with api(server, owner.token) as c:
-        api_error(c.delete(f"/repository/{repo}"), 409)
-        with v2(server, owner.auth) as r:
-            assert r.delete(f"/v2/{repo}/manifests/{image.digest}").status_code == 202
         assert c.delete(f"/repository/{repo}").status_code == 204
         assert ok(c.get("/repository", params={"namespace": org}))["repositories"] == []
         assert ok(c.get(f"/organization/{org}/robots/ci/permissions"))["permissions"] == []

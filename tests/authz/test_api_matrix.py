@@ -292,8 +292,57 @@ def _signin(c: Ctx, who: str) -> dict[str, str]:
     return {"username": name, "password": password}
 
 
+def _star(c: Ctx) -> dict[str, str]:
+    namespace, name = c.world.repo.split("/", 1)
+    return {"namespace": namespace, "repository": name}
+
+
 def _password(c: Ctx, who: str) -> dict[str, str]:
     return {"password": c.credentials(who)[1] if who in USERS else "not-a-user"}
+
+
+# Tags, manifests, labels and immutability rules of the World's repository.
+TAG = "/repository/{repository:path}/tag/{tag}"
+MANIFEST = "/repository/{repository:path}/manifest/{digest}"
+IMMUTABILITY = "/repository/{repository:path}/immutability"
+
+
+def _fresh_tag(c: Ctx, who: str) -> Prepared:
+    """A new tag on the World's manifest."""
+    name = unique_name("mxtag")
+    path = f"/repository/{c.world.repo}/tag/{name}"
+    api(c.admin, "PUT", path, {"manifest_digest": c.world.manifest_digest})
+    return {"tag": name}
+
+
+def _deleted_tag(c: Ctx, who: str) -> Prepared:
+    """A tag that was live on the World's manifest and is history now."""
+    prepared = _fresh_tag(c, who)
+    api(c.admin, "DELETE", f"/repository/{c.world.repo}/tag/{prepared['tag']}")
+    return prepared
+
+
+def _the_manifest(c: Ctx, who: str, prepared: Prepared) -> Prepared:
+    return {"digest": c.world.manifest_digest, **prepared}
+
+
+def _new_label(c: Ctx) -> str:
+    path = f"/repository/{c.world.repo}/manifest/{c.world.manifest_digest}/labels"
+    return str(api(c.admin, "POST", path, {"key": "matrix.label", "value": "x"})["id"])
+
+
+def _shared_label(c: Ctx, who: str) -> Prepared:
+    return {"label_id": c.cached("superuser", "label", lambda: _new_label(c))}
+
+
+def _fresh_label(c: Ctx, who: str) -> Prepared:
+    return {"label_id": _new_label(c)}
+
+
+def _fresh_rule(c: Ctx, who: str) -> Prepared:
+    """A rule that matches none of the World's tags."""
+    path = f"/repository/{c.world.repo}/immutability"
+    return {"rule_id": api(c.admin, "POST", path, {"pattern": unique_name("mxrule")})["id"]}
 
 
 # -- the rows ---------------------------------------------------------------------------------
@@ -340,6 +389,8 @@ APP = ORG + "/applications/{client_id}"
 REPO = "/repository/{repository:path}"
 PERMS = REPO + "/permissions"
 MEMBERS_TEAM = p(teamname="members")
+NS_QUOTA = "/superuser/namespaces/{namespace}/quota"
+BIG_QUOTA = {"limit_bytes": 1 << 40, "warning_percent": 90}
 WITHPERM = p(robot_shortname="withperm")
 
 ROWS: list[Row] = [
@@ -574,6 +625,85 @@ ROWS: list[Row] = [
     Row("GET", REPO, repo(READ, 200)),
     Row("PUT", REPO, repo(ADMIN, 200), body=body({"description": "the matrix repository"})),
     Row("DELETE", REPO, repo(ADMIN, 204), params=from_prepared, prepare=_fresh_repository),
+    # -- tags, the time machine, manifests, labels, immutability rules --
+    Row("GET", REPO + "/tag/", repo(READ, 200)),
+    Row("GET", TAG, repo(READ, 200), params=p(tag="v1")),
+    # The digest v1 already has: no change, for whoever may write.
+    Row(
+        "PUT",
+        TAG,
+        repo(WRITE, 200),
+        params=p(tag="v1"),
+        body=lambda c, who, _: {"manifest_digest": c.world.manifest_digest},
+    ),
+    Row("DELETE", TAG, repo(WRITE, 204), params=from_prepared, prepare=_fresh_tag),
+    Row(
+        "POST",
+        TAG + "/restore",
+        repo(WRITE, 200),
+        params=from_prepared,
+        prepare=_deleted_tag,
+        body=lambda c, who, _: {"manifest_digest": c.world.manifest_digest},
+    ),
+    Row(
+        "POST",
+        TAG + "/expire",
+        repo(ADMIN, 200),
+        params=from_prepared,
+        prepare=_deleted_tag,
+        body=body({}),
+    ),
+    Row("GET", MANIFEST, repo(READ, 200), params=_the_manifest),
+    Row("GET", MANIFEST + "/labels", repo(READ, 200), params=_the_manifest),
+    Row(
+        "POST",
+        MANIFEST + "/labels",
+        repo(WRITE, 201),
+        params=_the_manifest,
+        body=body({"key": "matrix.new", "value": "x"}),
+    ),
+    Row(
+        "GET",
+        MANIFEST + "/labels/{label_id}",
+        repo(READ, 200),
+        params=_the_manifest,
+        prepare=_shared_label,
+    ),
+    Row(
+        "DELETE",
+        MANIFEST + "/labels/{label_id}",
+        repo(WRITE, 204),
+        params=_the_manifest,
+        prepare=_fresh_label,
+    ),
+    Row("GET", IMMUTABILITY, repo(ADMIN, 200)),
+    Row(
+        "POST",
+        IMMUTABILITY,
+        repo(ADMIN, 201),
+        body=lambda c, who, _: {"pattern": unique_name("mxrule")},
+    ),
+    Row(
+        "DELETE",
+        IMMUTABILITY + "/{rule_id}",
+        repo(ADMIN, 204),
+        params=from_prepared,
+        prepare=_fresh_rule,
+    ),
+    # -- stars and the search --
+    # Starring needs read access to the repository (404 otherwise, like a missing one).
+    Row("POST", "/user/starred", repo(READ, 201), body=lambda c, who, _: _star(c)),
+    Row("GET", "/user/starred", signed_in(200)),
+    Row("DELETE", "/user/starred/{repository:path}", signed_in(204)),
+    Row("GET", "/find/repositories", anyone(200), query="query=app"),
+    # -- storage quotas (a limit far above the matrix's usage: pushes stay possible) --
+    Row("GET", ORG + "/quota", org(200, admin=False)),
+    Row("PUT", ORG + "/quota", superuser(200), body=body(BIG_QUOTA)),
+    Row("DELETE", ORG + "/quota", superuser(204)),
+    Row("GET", "/user/quota", signed_in(200)),
+    Row("GET", NS_QUOTA, superuser(200), params=p(namespace="ctx.org")),
+    Row("PUT", NS_QUOTA, superuser(200), params=p(namespace="ctx.org"), body=body(BIG_QUOTA)),
+    Row("DELETE", NS_QUOTA, superuser(204), params=p(namespace="ctx.org")),
     # -- OAuth applications --
     Row("GET", ORG + "/applications", org(200)),
     Row("POST", ORG + "/applications", org(201), body=body({"name": "matrix new app"})),
@@ -594,6 +724,8 @@ ROWS: list[Row] = [
         params=p(client_id="ctx.client_id"),
         body=body({"scopes": ["repo:read"]}),
     ),
+    # -- superuser: garbage collection metrics --
+    Row("GET", "/superuser/gc", superuser(200), query="limit=5"),
     # -- superuser: users --
     Row("GET", "/superuser/users/", superuser(200), query="limit=2"),
     Row(

@@ -17,6 +17,12 @@ ROWS: dict[tuple[str, str], tuple[int, int]] = {
     ("GET", "/"): (200, 200),
     ("GET", "/healthz"): (200, 200),
     ("GET", "/.well-known/jwks.json"): (200, 200),
+    # Probes: outside every authentication (tests/integration/test_health_metrics.py).
+    ("GET", "/health/instance"): (200, 200),
+    ("GET", "/health/endtoend"): (200, 200),
+    # Loopback and no metrics.token: allowed; the token and proxy rules are tested in
+    # tests/integration/test_health_metrics.py.
+    ("GET", "/metrics"): (200, 200),
     # Without client_id, redirect_uri and state the OAuth routes refuse the request
     # itself before looking at who asks (tests/api_v1/test_applications.py covers the
     # grant with sessions and client credentials).

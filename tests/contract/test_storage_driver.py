@@ -12,10 +12,13 @@ from cargohold.storage.filesystem import FilesystemDriver
 from cargohold.storage.memory import MemoryDriver
 
 
-@pytest.fixture(params=["filesystem", "memory"])
+@pytest.fixture(params=["filesystem", "memory", "s3"])
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
     if request.param == "filesystem":
         return FilesystemDriver(tmp_path / "root")
+    if request.param == "s3":  # SeaweedFS, started once for the session (conftest.py)
+        s3: StorageDriver = request.getfixturevalue("s3_driver")
+        return s3
     return MemoryDriver()
 
 

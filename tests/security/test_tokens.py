@@ -22,6 +22,7 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -539,6 +540,51 @@ def test_an_rsa_key_of_an_older_version_verifies_but_no_longer_signs(
         refused.append(unsigned({"alg": "none", "typ": "JWT", "kid": kid}, claims) + ".")
         for token in refused:
             assert status(token) == 401, jwt.get_unverified_header(token)
+
+
+def test_a_key_encrypted_under_another_secret_key_is_skipped_not_fatal(
+    upgraded: RegistryProcess,
+) -> None:
+    """A signing key row the server cannot decrypt (auth.secret_key changed, or a restored
+    database of another installation) must not stop the token endpoint: it signs with a
+    new key, and tokens of the unreadable key are refused."""
+    server = upgraded
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    kid = secrets.token_hex(8)
+    jwk = json.loads(ECAlgorithm.to_jwk(stranger.public_key()))
+    jwk.update(kid=kid, use="sig", alg="ES256")
+    pem = stranger.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    now = datetime.now(UTC)
+    query(
+        server,
+        "INSERT INTO signing_key (kid, private_key, public_jwk, created_at, retire_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        kid,
+        Fernet(Fernet.generate_key()).encrypt(pem),  # another installation's secret key
+        json.dumps(jwk),
+        _stamp(now - timedelta(days=1)),
+        _stamp(now + timedelta(days=29)),
+        _stamp(now + timedelta(days=29, minutes=10)),
+    )
+    repo = f"stranger{uuid.uuid4().hex[:8]}/app"
+    with server.client() as admin:
+        digest = push_blob(admin, repo, b"another secret key")
+    reader = new_user(server)
+    grant_user(server, repo, reader, "read")
+    issued = token_for(server, reader.auth, _pull(repo))
+    assert jwt.get_unverified_header(issued)["kid"] != kid
+    url = f"/v2/{repo}/blobs/{digest}"
+    with bearer_client(server, issued) as c:
+        assert c.get(url).status_code == 200
+    access = [{"type": "repository", "name": repo, "actions": ["pull"]}]
+    claims = valid_claims(reader.name, user_id(server, reader.name), access)
+    forged = jwt.encode(claims, pem, "ES256", headers={"kid": kid})
+    with bearer_client(server, forged) as c:
+        assert c.get(url).status_code == 401
 
 
 # -- the challenge ---------------------------------------------------------------------

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
 from cargohold.domain import mediatypes as mt
 from cargohold.domain.digests import digest_of, parse_digest
+from cargohold.domain.durations import DurationError, parse_duration
 from cargohold.domain.errors import DigestInvalid, ManifestInvalid, NameInvalid, Unsupported
 from cargohold.domain.manifests import parse_manifest
-from cargohold.domain.names import is_tag, parse_repository
+from cargohold.domain.names import check_creatable, is_tag, parse_repository
 
 
 @pytest.mark.parametrize("name", ["a/b", "team/app/web", "a-b/c__d", "a.b/c-d-e", "x/" + "y" * 200])
@@ -96,3 +98,28 @@ def test_invalid_manifests(body: bytes, content_type: str | None, reason: str) -
     with pytest.raises(ManifestInvalid) as info:
         parse_manifest(body, content_type)
     assert reason in info.value.message
+
+
+@pytest.mark.parametrize("text", ["999999999w", "999999999d", "99999999h", "3651d", "0s"])
+def test_durations_out_of_range_are_duration_errors(text: str) -> None:
+    """Not an OverflowError from timedelta: callers catch DurationError only."""
+    with pytest.raises(DurationError, match="at most 10 years"):
+        parse_duration(text)
+
+
+def test_durations() -> None:
+    assert parse_duration("2w") == timedelta(weeks=2)
+    assert parse_duration(" 90m ") == timedelta(minutes=90)
+    assert parse_duration("3650d") == timedelta(days=3650)
+
+
+@pytest.mark.parametrize("name", ["a/tag", "a/b/logs", "a/manifest/x", "a/permissions"])
+def test_reserved_components_cannot_be_created(name: str) -> None:
+    parsed = parse_repository(name)  # a read of it is fine: it simply does not exist
+    with pytest.raises(NameInvalid, match="is reserved"):
+        check_creatable(parsed)
+
+
+@pytest.mark.parametrize("name", ["tag/app", "logs/logs-x", "a/tags", "a/my-tag/b"])
+def test_names_near_reserved_words_can_be_created(name: str) -> None:
+    assert check_creatable(parse_repository(name)).value == name

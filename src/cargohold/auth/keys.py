@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -25,6 +26,8 @@ from cargohold.db.base import utcnow
 from cargohold.db.session import Database, run_write
 from cargohold.db.sql import sql
 from cargohold.db.values import as_datetime
+
+log = logging.getLogger(__name__)
 
 LIVE_KEYS = sql(
     "SELECT kid, private_key, public_jwk, retire_at FROM signing_key WHERE expires_at > :now"
@@ -107,6 +110,7 @@ class KeyRing:
         # verifying (and signing) within this time.
         self.refresh_seconds = refresh_seconds
         self._keys: dict[str, SigningKey] = {}
+        self._undecryptable: set[str] = set()
         self._loaded_at = 0.0
 
     async def _load(self) -> None:
@@ -121,7 +125,16 @@ class KeyRing:
             public_jwk = json.loads(jwk)
             if public_jwk.get("alg", LEGACY_ALGORITHM) not in _JWK_READERS:
                 continue  # a newer version's kind of key: this one can't use it
-            pem = self.fernet.decrypt(bytes(private))
+            try:
+                pem = self.fernet.decrypt(bytes(private))
+            except InvalidToken:
+                # Encrypted under another secret key (auth.secret_key changed, or another
+                # installation's database): unusable here. Tokens it signed fail to verify
+                # and a new key is made to sign; it expires from the table in its time.
+                if kid not in self._undecryptable:
+                    self._undecryptable.add(kid)
+                    log.warning("signing key %s cannot be decrypted with this secret key", kid)
+                continue
             keys[kid] = SigningKey.load(kid, pem, public_jwk, as_datetime(retire_at) or utcnow())
         self._keys = keys
         self._loaded_at = time.monotonic()

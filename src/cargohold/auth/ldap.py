@@ -133,6 +133,14 @@ class LdapProvider:
             entries.append(LdapEntry(str(item["dn"]), attrs))
         return entries
 
+    def _check(self) -> None:
+        self._service().unbind()
+
+    async def check(self) -> None:
+        """Bind as the service account and unbind (health checks, `config check --online`);
+        LdapUnavailable or an LDAPException when the directory cannot be used."""
+        await anyio.to_thread.run_sync(self._check)
+
     # -- sign-in ---------------------------------------------------------------------------
 
     def _find(self, conn: Connection, username: str) -> LdapEntry | None:

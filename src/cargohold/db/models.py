@@ -54,6 +54,16 @@ class Namespace(Base):
 
 class Repository(Base):
     __tablename__ = "repository"
+    __table_args__ = (
+        # Partial: only the collector looks for deleted repositories, and a full index
+        # tempts SQLite's planner away from the name order the catalog pages walk.
+        Index(
+            "ix_repository_deleted",
+            "deleted_at",
+            sqlite_where=text("deleted_at IS NOT NULL"),
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespace.id"), index=True)
     name: Mapped[str] = mapped_column(_name(255), unique=True)
@@ -62,8 +72,10 @@ class Repository(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Bytes of distinct blobs linked into it.
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Last push or tag change: the lists' "last modified" without reading the history.
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Deleted by a user: renamed out of the way at once, its content purged by the collector.
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Blob(Base):
@@ -130,6 +142,16 @@ class Tag(Base):
             "repository_id",
             "name",
             unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+        # The time machine's lists: a repository's history and one tag's, newest first.
+        Index("ix_tag_repository_history", "repository_id", "id"),
+        Index("ix_tag_name_history", "repository_id", "name", "id"),
+        # What the expiry job looks for every second: live tags with an expiry.
+        Index(
+            "ix_tag_live_expiry",
+            "expires_at",
             sqlite_where=text("ended_at IS NULL"),
             postgresql_where=text("ended_at IS NULL"),
         ),

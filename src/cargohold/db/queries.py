@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from cargohold.db import usage
 from cargohold.db.base import utcnow
 from cargohold.db.session import DbSession, Row
 from cargohold.db.sql import Sql, sql
@@ -82,13 +83,6 @@ INSERT_BLOB = sql(
     "ON CONFLICT DO NOTHING"
 )
 BLOB_ID = sql("SELECT id FROM blob WHERE digest = :digest")
-LINK_BLOB = sql(
-    "INSERT INTO repository_blob (repository_id, blob_id, created_at) "
-    "VALUES (:repository_id, :blob_id, :now) ON CONFLICT DO NOTHING"
-)
-UNLINK_BLOB = sql(
-    "DELETE FROM repository_blob WHERE repository_id = :repository_id AND blob_id = :blob_id"
-)
 BLOB_USED_IN_REPOSITORY = sql(
     """SELECT 1 FROM manifest_blob mb JOIN manifest m ON m.id = mb.manifest_id
        WHERE mb.blob_id = :blob_id AND m.repository_id = :repository_id LIMIT 1"""
@@ -97,7 +91,7 @@ MOUNT_CANDIDATES = sql(
     """SELECT b.id, b.size, r.name FROM blob b
        JOIN repository_blob rb ON rb.blob_id = b.id
        JOIN repository r ON r.id = rb.repository_id
-       WHERE b.digest = :digest LIMIT 100"""
+       WHERE b.digest = :digest AND r.deleted_at IS NULL LIMIT 100"""
 )
 
 
@@ -116,12 +110,26 @@ async def insert_blob(session: DbSession, digest: str, size: int) -> int:
     return blob_id
 
 
-async def link_blob(session: DbSession, repository_id: int, blob_id: int) -> None:
-    await session.run(LINK_BLOB, repository_id=repository_id, blob_id=blob_id, now=utcnow())
+async def link_blob(
+    session: DbSession, repository_id: int, blob_id: int, size: int | None = None
+) -> usage.NamespaceUsage | None:
+    """Link a blob into a repository and count it (db/usage.py): the namespace's new usage
+    when it grew, else None. Every link insert goes through here."""
+    return await usage.link(session, repository_id, blob_id, size)
 
 
-async def unlink_blob(session: DbSession, repository_id: int, blob_id: int) -> None:
-    await session.run(UNLINK_BLOB, repository_id=repository_id, blob_id=blob_id)
+async def unlink_blob(
+    session: DbSession,
+    repository_id: int,
+    blob_id: int,
+    size: int | None = None,
+    *,
+    quota: usage.QuotaPolicy | None = None,
+) -> usage.NamespaceUsage | None:
+    """Remove a blob's link and uncount it (db/usage.py): the namespace's new usage when
+    it shrank, else None. Every link delete goes through here (pass the settings' `quota`
+    policy where it is at hand, so a namespace back under its warning level is re-armed)."""
+    return await usage.unlink(session, repository_id, blob_id, size, quota=quota)
 
 
 async def blob_used_in_repository(session: DbSession, repository_id: int, blob_id: int) -> bool:
@@ -187,11 +195,14 @@ async def upload_ids(session: DbSession) -> set[str]:
 
 # -- manifests and tags ------------------------------------------------------------------
 
+# A live tag: not ended, and its expiry (if any) not passed. Expired rows stay open until
+# the expiry job ends them (services/tags.py), so every live-tag read checks both.
+LIVE = "t.ended_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > :now)"
 MANIFEST_BY_TAG = sql(
-    """SELECT m.digest, m.media_type, m.payload, m.subject_digest FROM tag t
+    f"""SELECT m.digest, m.media_type, m.payload, m.subject_digest, t.expires_at FROM tag t
        JOIN repository r ON r.id = t.repository_id
        JOIN manifest m ON m.id = t.manifest_id
-       WHERE r.name = :repository AND t.name = :tag AND t.ended_at IS NULL"""
+       WHERE r.name = :repository AND t.name = :tag AND {LIVE}"""
 )
 MANIFEST_BY_DIGEST = sql(
     """SELECT m.digest, m.media_type, m.payload, m.subject_digest FROM manifest m
@@ -204,12 +215,13 @@ MANIFEST_ID = sql(
 _BLOBS_IN_REPOSITORY = _with(
     """SELECT b.digest, b.id, b.size FROM blob b
        JOIN repository_blob rb ON rb.blob_id = b.id
-       WHERE rb.repository_id = :repository_id AND {in}""",
+       WHERE rb.repository_id = :repository_id AND b.deleting_since IS NULL AND {in}""",
     _in_list("b.digest", "digests"),
 )
 # On PostgreSQL (READ COMMITTED) a manifest push holds its blob links until it commits, so a
 # concurrent blob DELETE (which locks the link FOR UPDATE) waits and then sees the manifest.
-# SQLite runs write transactions one at a time, so it needs no row locks.
+# SQLite runs write transactions one at a time, so it needs no row locks. A blob under the
+# collector's deletion lease is unknown (services/gc.py; it has no links by then anyway).
 BLOBS_IN_REPOSITORY = Sql(
     _BLOBS_IN_REPOSITORY.sqlite, _BLOBS_IN_REPOSITORY.postgres + " FOR SHARE OF rb"
 )
@@ -232,27 +244,42 @@ INSERT_MANIFEST_CHILD = sql(
     "INSERT INTO manifest_child (parent_id, child_id) VALUES (:parent_id, :child_id) "
     "ON CONFLICT DO NOTHING"
 )
+# The open row of a tag, expired or not (a push ends an expired one before starting anew).
 LIVE_TAG = sql(
-    "SELECT id, manifest_id FROM tag "
+    "SELECT id, manifest_id, expires_at FROM tag "
     "WHERE repository_id = :repository_id AND name = :name AND ended_at IS NULL"
 )
 END_TAG = sql("UPDATE tag SET ended_at = :now WHERE id = :id")
+# An expired row ends when it expired: from then on it is history like any other. The
+# expiry is checked again here: on PostgreSQL a change that extended or cleared it may have
+# committed while this waited on the row lock (the update then sees the new row).
+END_EXPIRED_TAG = sql(
+    "UPDATE tag SET ended_at = expires_at WHERE id = :id AND ended_at IS NULL "
+    "AND expires_at IS NOT NULL AND expires_at <= :now"
+)
 END_TAG_BY_NAME = sql(
     "UPDATE tag SET ended_at = :now "
     "WHERE repository_id = :repository_id AND name = :name AND ended_at IS NULL"
 )
 INSERT_TAG = sql(
-    "INSERT INTO tag (repository_id, name, manifest_id, started_at) "
-    "VALUES (:repository_id, :name, :manifest_id, :now)"
+    "INSERT INTO tag (repository_id, name, manifest_id, started_at, expires_at) "
+    "VALUES (:repository_id, :name, :manifest_id, :now, :expires_at)"
 )
 MANIFEST_IS_CHILD = sql("SELECT 1 FROM manifest_child WHERE child_id = :id LIMIT 1")
 DELETE_TAGS_OF_MANIFEST = sql("DELETE FROM tag WHERE manifest_id = :id")
 DELETE_MANIFEST = sql("DELETE FROM manifest WHERE id = :id")
+# `repository.changed_at`, the API's `last_modified`: one UPDATE in each transaction that
+# stores a manifest or changes a live tag (services/manifests.py, services/tags.py).
+TOUCH_REPOSITORY = sql("UPDATE repository SET changed_at = :now WHERE id = :id")
+TOUCH_REPOSITORIES = _with(
+    "UPDATE repository SET changed_at = :now WHERE {in}", _in_list("name", "names")
+)
 
 
 async def manifest_by_tag(session: DbSession, repository: str, tag: str) -> Row | None:
-    """(digest, media type, payload, subject digest) of the manifest a live tag points at."""
-    return await session.one(MANIFEST_BY_TAG, repository=repository, tag=tag)
+    """(digest, media type, payload, subject digest, tag expiry) of the manifest a live
+    tag points at."""
+    return await session.one(MANIFEST_BY_TAG, repository=repository, tag=tag, now=utcnow())
 
 
 async def manifest_by_digest(session: DbSession, repository: str, digest: str) -> Row | None:
@@ -299,7 +326,8 @@ async def add_manifest_references(
 
 
 async def live_tag(session: DbSession, repository_id: int, name: str) -> Row | None:
-    """(tag row id, manifest id) of the live tag, or None."""
+    """(tag row id, manifest id, expires_at) of the tag's open row, or None. The row may
+    have expired (expires_at <= now): the caller ends it with `end_expired_tag`."""
     return await session.one(LIVE_TAG, repository_id=repository_id, name=name)
 
 
@@ -307,14 +335,32 @@ async def end_tag(session: DbSession, tag_id: int) -> None:
     await session.run(END_TAG, id=tag_id, now=utcnow())
 
 
+async def end_expired_tag(session: DbSession, tag_id: int) -> bool:
+    """End the open row if its expiry passed; whether it did (audit only then: another
+    transaction may have ended it, or moved its expiry, meanwhile)."""
+    return await session.run(END_EXPIRED_TAG, id=tag_id, now=utcnow()) > 0
+
+
 async def end_tag_by_name(session: DbSession, repository_id: int, name: str) -> bool:
     ended = await session.run(END_TAG_BY_NAME, repository_id=repository_id, name=name, now=utcnow())
     return ended > 0
 
 
-async def insert_tag(session: DbSession, repository_id: int, name: str, manifest_id: int) -> None:
+async def insert_tag(
+    session: DbSession,
+    repository_id: int,
+    name: str,
+    manifest_id: int,
+    *,
+    expires_at: datetime | None = None,
+) -> None:
     await session.run(
-        INSERT_TAG, repository_id=repository_id, name=name, manifest_id=manifest_id, now=utcnow()
+        INSERT_TAG,
+        repository_id=repository_id,
+        name=name,
+        manifest_id=manifest_id,
+        now=utcnow(),
+        expires_at=expires_at,
     )
 
 
@@ -328,13 +374,31 @@ async def delete_manifest(session: DbSession, manifest_id: int) -> None:
     await session.run(DELETE_MANIFEST, id=manifest_id)
 
 
+async def touch_repository(session: DbSession, repository_id: int) -> None:
+    """The repository changed now (its `last_modified`); once per transaction."""
+    await session.run(TOUCH_REPOSITORY, id=repository_id, now=utcnow())
+
+
+async def touch_repositories(session: DbSession, names: Sequence[str]) -> None:
+    """touch_repository for several repositories, by name, in one statement."""
+    if names:
+        await session.run(
+            TOUCH_REPOSITORIES, names=_list_param(session, sorted(set(names))), now=utcnow()
+        )
+
+
 # -- listings ----------------------------------------------------------------------------
 
 TAGS_PAGE = sql(
-    "SELECT name FROM tag WHERE repository_id = :repository_id AND ended_at IS NULL "
-    "AND name > :last ORDER BY name LIMIT :limit"
+    f"SELECT t.name FROM tag t WHERE t.repository_id = :repository_id AND {LIVE} "
+    "AND t.name > :last ORDER BY t.name LIMIT :limit"
 )
-REPOSITORIES_PAGE = sql("SELECT name FROM repository WHERE name > :last ORDER BY name LIMIT :limit")
+# Repositories deleted by users (renamed `<ns>/.deleted-<id>` until the collector purges
+# them) are no repositories of the catalog.
+REPOSITORIES_PAGE = sql(
+    "SELECT name FROM repository WHERE name > :last AND deleted_at IS NULL "
+    "ORDER BY name LIMIT :limit"
+)
 REFERRERS_PAGE = sql(
     """SELECT m.digest, m.media_type, m.size, m.artifact_type, m.payload FROM manifest m
        JOIN repository r ON r.id = m.repository_id
@@ -345,7 +409,9 @@ REFERRERS_PAGE = sql(
 
 
 async def tags_page(session: DbSession, repository_id: int, last: str, limit: int) -> list[str]:
-    rows = await session.all(TAGS_PAGE, repository_id=repository_id, last=last, limit=limit)
+    rows = await session.all(
+        TAGS_PAGE, repository_id=repository_id, last=last, limit=limit, now=utcnow()
+    )
     return [row[0] for row in rows]
 
 
@@ -354,7 +420,7 @@ async def repositories_page(session: DbSession, last: str, limit: int) -> list[s
 
 
 VISIBLE_REPOSITORIES_PAGE = sql(
-    """SELECT r.name FROM repository r WHERE r.name > :last AND (
+    """SELECT r.name FROM repository r WHERE r.name > :last AND r.deleted_at IS NULL AND (
          r.public = :yes
          OR r.namespace_id = :own_namespace
          OR r.id IN (SELECT repository_id FROM repository_permission

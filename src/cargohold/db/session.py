@@ -161,7 +161,14 @@ class PostgresSession(DbSession):
             await cursor.executemany(statement.postgres, rows)
 
 
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
+    # SQLite's LOWER() folds ASCII only; the repository search needs every letter
+    # (services/repository_search.py).
+    dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives a crash of the process (the test suite kills
@@ -243,6 +250,30 @@ class Database:
                 yield PostgresSession(await _driver(connection))
 
     @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[DbSession]:
+        """A read-only transaction: several statements see one consistent state, and no
+        writer waits for it (SQLite: a deferred transaction, WAL, on a connection of its
+        own; PostgreSQL: REPEATABLE READ READ ONLY). For long reads, not request paths."""
+        if self.sqlite:
+            raw = self._read_engine.raw_connection()
+            try:
+                connection: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+                connection.execute("BEGIN")
+                try:
+                    yield SqliteSession(connection)
+                finally:
+                    connection.execute("ROLLBACK")
+            finally:
+                raw.close()
+        else:
+            async with self._async_engine.connect() as async_connection:
+                options = await async_connection.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
+                async with options.begin():
+                    yield PostgresSession(await _driver(options))
+
+    @asynccontextmanager
     async def write(self) -> AsyncIterator[DbSession]:
         """A transaction that commits when the block ends without an exception."""
         if self.sqlite:
@@ -276,6 +307,17 @@ class Database:
         except asyncio.CancelledError:
             await asyncio.wait({commit})
             raise
+
+    def pool_use(self) -> dict[str, tuple[int, int]]:
+        """PostgreSQL: per pool ("write", "read"), connections checked out and the pool's
+        size (the metrics). SQLite holds its two connections and has no pool: empty."""
+        if self.sqlite:
+            return {}
+        out = {}
+        for name, engine in (("write", self._async_engine), ("read", self._read_async_engine)):
+            pool: Any = engine.sync_engine.pool
+            out[name] = (int(pool.checkedout()), int(pool.size()))
+        return out
 
     async def checkpoint(self) -> None:
         """Copy the SQLite write-ahead log into the database file, in a thread."""

@@ -18,7 +18,8 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.fullmatch(text.strip())
     if m is None:
         raise DurationError(f"{text!r} is not a duration such as 30m, 12h, 14d or 2w")
-    value = timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-    if value <= timedelta(0) or value > MAX:
+    # Compared as seconds first: 999999999w is past what a timedelta can hold.
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if not 0 < seconds <= MAX.total_seconds():
         raise DurationError(f"{text!r} must be more than zero and at most 10 years")
-    return value
+    return timedelta(seconds=seconds)

@@ -90,6 +90,10 @@ class Denied(RegistryError):
     """requested access to the resource is denied"""
 
 
+class QuotaExceeded(Denied):
+    """the namespace is over its storage quota"""
+
+
 class Referenced(RegistryError):
     """the content is still referenced and cannot be deleted"""
 

@@ -47,6 +47,35 @@ def parse_repository(name: str) -> RepositoryName:
     return RepositoryName(name)
 
 
+# The words of the API's `/api/v1/repository/{repository:path}/<word>` routes (web/api):
+# a repository with one of them as a component after the namespace would make those URLs
+# ambiguous (`DELETE .../repository/org/a/tag/v1`: tag v1 of org/a, or repository
+# org/a/tag/v1?), so no push or API create makes one. Reads of such names simply find no
+# repository. A test walks the API's routes so that a new word cannot be forgotten here.
+RESERVED_COMPONENTS = frozenset(
+    {
+        "changevisibility",
+        "exportlogs",
+        "immutability",
+        "logs",
+        "manifest",
+        "permissions",
+        "tag",
+    }
+)
+
+
+def check_creatable(name: RepositoryName) -> RepositoryName:
+    """`name`, if a push or create may make it; NameInvalid naming the reserved word."""
+    for component in name.value.split("/")[1:]:
+        if component in RESERVED_COMPONENTS:
+            raise NameInvalid(
+                f"repository name component {component!r} is reserved (after the namespace, "
+                f"none of {', '.join(sorted(RESERVED_COMPONENTS))} may be used)"
+            )
+    return name
+
+
 def is_tag(reference: str) -> bool:
     return _TAG_RE.fullmatch(reference) is not None
 

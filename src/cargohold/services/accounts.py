@@ -51,7 +51,11 @@ REVOKE_CLI = sql(
 END_OTHER_SESSIONS = sql("DELETE FROM web_session WHERE user_id = :user AND id_hash <> :keep")
 
 # Deleting a user: grants are polymorphic (no foreign keys), so each goes explicitly.
-REPOSITORY_COUNT = sql("SELECT COUNT(*) FROM repository WHERE namespace_id = :ns")
+# Deleted repositories waiting for the collector's purge do not count: the namespace is
+# then renamed out of the way (`.deleted-<id>`) and the collector deletes it after them.
+REPOSITORY_COUNT = sql(
+    "SELECT COUNT(*) FROM repository WHERE namespace_id = :ns AND deleted_at IS NULL"
+)
 ROBOTS = "SELECT id FROM robot WHERE namespace_id = :ns"
 DELETE_STEPS = (
     sql("DELETE FROM repository_permission WHERE kind = 'user' AND grantee_id = :user"),
@@ -67,7 +71,11 @@ DELETE_STEPS = (
     sql("DELETE FROM credential WHERE user_id = :user"),
     sql("DELETE FROM web_session WHERE user_id = :user"),
     sql("DELETE FROM user_account WHERE id = :user"),
-    sql("DELETE FROM namespace WHERE id = :ns"),
+    sql(
+        """DELETE FROM namespace WHERE id = :ns
+           AND NOT EXISTS (SELECT 1 FROM repository WHERE namespace_id = :ns)"""
+    ),
+    sql("UPDATE namespace SET name = '.deleted-' || CAST(id AS TEXT) WHERE id = :ns"),
 )
 
 

@@ -62,6 +62,15 @@ KINDS = frozenset(
         "create_tag",
         "move_tag",
         "delete_tag",
+        # tags: expiry, the time machine, immutability, labels (services/tags.py)
+        "tag_expired",
+        "change_tag_expiration",
+        "restore_tag",
+        "permanently_delete_tag",
+        "create_immutability_rule",
+        "delete_immutability_rule",
+        "manifest_label_add",
+        "manifest_label_delete",
         # repositories
         "create_repo",
         "delete_repo",
@@ -69,6 +78,13 @@ KINDS = frozenset(
         "change_repo_description",
         "change_repo_permission",
         "delete_repo_permission",
+        "star_repo",
+        "unstar_repo",
+        # storage quotas (services/usage.py)
+        "change_quota",
+        "delete_quota",
+        "quota_warning",
+        "quota_exceeded",
         # robots
         "create_robot",
         "regenerate_robot_token",

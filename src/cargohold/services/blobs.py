@@ -13,7 +13,9 @@ from cargohold.domain.errors import BlobUnknown, Referenced
 from cargohold.domain.names import RepositoryName
 from cargohold.services.audit import Origin
 from cargohold.services.cache import MetadataCache
+from cargohold.services.gc import blob_linkable, refresh_link
 from cargohold.services.repositories import RepositoryCreator
+from cargohold.services.usage import Quotas
 from cargohold.storage import layout
 
 
@@ -37,18 +39,48 @@ async def linked_blob(
     return row[0], row[1]
 
 
-async def link_blob(session: DbSession, repository: RepositoryName, blob_id: int) -> int:
-    """Link a blob into a repository (created on first use); the repository id."""
+async def link_blob(
+    session: DbSession,
+    repository: RepositoryName,
+    blob_id: int,
+    size: int,
+    quotas: Quotas,
+    *,
+    principal: Principal = ANONYMOUS,
+    origin: Origin = Origin(),
+) -> int:
+    """Link a blob into a repository (created on first use), counted against the
+    namespace's quota (QuotaExceeded: roll back); the repository id."""
     repo_id = await queries.ensure_repository(session, repository.value, repository.namespace)
-    await queries.link_blob(session, repo_id, blob_id)
+
+    async def link() -> None:
+        await quotas.link(
+            session,
+            repo_id,
+            blob_id,
+            size,
+            repository=repository.value,
+            principal=principal,
+            origin=origin,
+        )
+
+    await link()
+    await refresh_link(session, repo_id, blob_id, link)  # grace counts from now
     return repo_id
 
 
 class BlobService:
-    def __init__(self, db: Database, cache: MetadataCache, creator: RepositoryCreator) -> None:
+    def __init__(
+        self,
+        db: Database,
+        cache: MetadataCache,
+        creator: RepositoryCreator,
+        quotas: Quotas | None = None,
+    ) -> None:
         self.db = db
         self.cache = cache
         self.creator = creator
+        self.quotas = quotas or Quotas(db, creator.audit)
 
     async def stat(self, repository: RepositoryName, digest: Digest) -> BlobInfo:
         size = self.cache.blob_size(repository.value, str(digest))
@@ -63,12 +95,12 @@ class BlobService:
         """Unlink a blob from a repository. Its bytes go when nothing refers to them (GC)."""
 
         async def work(session: DbSession) -> None:
-            blob_id, _ = await linked_blob(session, repository.value, digest, for_update=True)
+            blob_id, size = await linked_blob(session, repository.value, digest, for_update=True)
             repo_id = await queries.repository_id(session, repository.value)
             assert repo_id is not None
             if await queries.blob_used_in_repository(session, repo_id, blob_id):
                 raise Referenced("blob is referenced by a manifest in this repository")
-            await queries.unlink_blob(session, repo_id, blob_id)
+            await self.quotas.unlink(session, repo_id, blob_id, size)
 
         await run_write(self.db, work)
         self.cache.invalidate()
@@ -106,9 +138,28 @@ class BlobService:
             return None
         blob_id, size = candidate
 
-        async def work(session: DbSession) -> None:
+        async def work(session: DbSession) -> bool:
+            # A blob the collector is deleting cannot be mounted (the client uploads it
+            # again); the check holds the row until this link commits.
+            if not await blob_linkable(session, blob_id):
+                return False
             repo_id = await self.creator.ensure(session, principal, repository, origin)
-            await queries.link_blob(session, repo_id, blob_id)
 
-        await run_write(self.db, work)
+            async def link() -> None:
+                await self.quotas.link(
+                    session,
+                    repo_id,
+                    blob_id,
+                    size,
+                    repository=repository.value,
+                    principal=principal,
+                    origin=origin,
+                )
+
+            await link()
+            await refresh_link(session, repo_id, blob_id, link)
+            return True
+
+        if not await run_write(self.db, work):
+            return None
         return BlobInfo(digest, size)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -63,9 +65,13 @@ class MetadataCache:
         self._seen = generation.current()
         self._bytes = 0
         self._manifests: dict[tuple[str, str], ManifestRecord] = {}
-        self._tags: dict[tuple[str, str], str] = {}
+        # tag -> (digest, expiry as a UNIX time or None): an expired entry is a miss.
+        self._tags: dict[tuple[str, str], tuple[str, float | None]] = {}
         self._blobs: dict[tuple[str, str], int] = {}
         self._repositories: dict[str, int] = {}
+        # Lookups answered from memory and not, per kind (read by the metrics).
+        self.hits = {"manifest": 0, "tag": 0, "blob": 0}
+        self.misses = {"manifest": 0, "tag": 0, "blob": 0}
 
     def _fresh(self) -> None:
         now = self.generation.current()
@@ -95,15 +101,39 @@ class MetadataCache:
 
     def manifest(self, repository: str, digest: str) -> ManifestRecord | None:
         self._fresh()
-        return self._manifests.get((repository, digest))
+        found = self._manifests.get((repository, digest))
+        if found is None:
+            self.misses["manifest"] += 1
+        else:
+            self.hits["manifest"] += 1
+        return found
 
     def tag(self, repository: str, tag: str) -> ManifestRecord | None:
+        found = self._tag(repository, tag)
+        if found is None:
+            self.misses["tag"] += 1
+        else:
+            self.hits["tag"] += 1
+        return found
+
+    def _tag(self, repository: str, tag: str) -> ManifestRecord | None:
         self._fresh()
-        digest = self._tags.get((repository, tag))
-        return None if digest is None else self._manifests.get((repository, digest))
+        entry = self._tags.get((repository, tag))
+        if entry is None:
+            return None
+        digest, expires = entry
+        if expires is not None and time.time() >= expires:
+            del self._tags[(repository, tag)]  # the tag expired: ask the database
+            return None
+        return self._manifests.get((repository, digest))
 
     def remember_manifest(
-        self, snapshot: int, repository: str, record: ManifestRecord, tag: str | None = None
+        self,
+        snapshot: int,
+        repository: str,
+        record: ManifestRecord,
+        tag: str | None = None,
+        tag_expires: datetime | None = None,
     ) -> None:
         self._fresh()
         if snapshot != self._seen:
@@ -114,7 +144,8 @@ class MetadataCache:
             self._bytes += record.size
         self._manifests[(repository, record.digest)] = record
         if tag is not None:
-            self._tags[(repository, tag)] = record.digest
+            expires = None if tag_expires is None else tag_expires.timestamp()
+            self._tags[(repository, tag)] = (record.digest, expires)
 
     # -- repository ids (remember only ids of committed rows) ----------------------------
 
@@ -132,7 +163,12 @@ class MetadataCache:
 
     def blob_size(self, repository: str, digest: str) -> int | None:
         self._fresh()
-        return self._blobs.get((repository, digest))
+        found = self._blobs.get((repository, digest))
+        if found is None:
+            self.misses["blob"] += 1
+        else:
+            self.hits["blob"] += 1
+        return found
 
     def remember_blob(self, snapshot: int, repository: str, digest: str, size: int) -> None:
         self._fresh()

@@ -83,8 +83,13 @@ DIRECT_PERMISSIONS = sql(
        JOIN repository r ON r.id = p.repository_id
        WHERE r.namespace_id = :org AND p.kind IN ('user', 'robot') ORDER BY r.name"""
 )
-# What deleting an organization removes, in order (the namespace row last).
-REPOSITORY_COUNT = sql("SELECT COUNT(*) FROM repository WHERE namespace_id = :org")
+# What deleting an organization removes, in order (the namespace row last). Deleted
+# repositories still waiting for the collector's purge do not count: the namespace is then
+# renamed out of the way (`.deleted-<id>`, a name no client can use) and the collector
+# deletes it after its last repository (services/gc.py).
+REPOSITORY_COUNT = sql(
+    "SELECT COUNT(*) FROM repository WHERE namespace_id = :org AND deleted_at IS NULL"
+)
 _TEAMS_OF = "(SELECT id FROM team WHERE org_id = :org)"
 _ROBOTS_OF = "(SELECT id FROM robot WHERE namespace_id = :org)"
 DELETE_ORG_STATEMENTS = (
@@ -109,7 +114,11 @@ DELETE_ORG_STATEMENTS = (
            (SELECT id FROM oauth_application WHERE org_id = :org)"""
     ),
     sql("DELETE FROM oauth_application WHERE org_id = :org"),
-    sql("DELETE FROM namespace WHERE id = :org AND kind = 'org'"),
+    sql(
+        """DELETE FROM namespace WHERE id = :org AND kind = 'org'
+           AND NOT EXISTS (SELECT 1 FROM repository WHERE namespace_id = :org)"""
+    ),
+    sql("UPDATE namespace SET name = '.deleted-' || CAST(id AS TEXT) WHERE id = :org"),
 )
 
 

@@ -24,6 +24,7 @@ from cargohold.services.repositories import RepositoryCreator
 from cargohold.services.sessions import SessionService
 from cargohold.services.teamsync import TeamSync
 from cargohold.services.uploads import UploadService
+from cargohold.services.usage import Quotas
 from cargohold.services.users import UserService
 from cargohold.settings import Settings
 from cargohold.storage.driver import StorageDriver
@@ -51,6 +52,7 @@ class Runtime:
     sessions: SessionService
     creator: RepositoryCreator
     teamsync: TeamSync
+    quotas: Quotas
 
     @classmethod
     def build(cls, settings: Settings, db: Database, storage: StorageDriver) -> Runtime:
@@ -90,14 +92,27 @@ class Runtime:
             refresh_seconds=auth.key_refresh_seconds,
         )
         creator = RepositoryCreator(db, audit, public_by_default=auth.new_repositories_public)
+        quotas = Quotas.from_settings(db, audit, settings.quota)
         return cls(
             settings=settings,
             db=db,
             storage=storage,
-            blobs=BlobService(db, cache, creator),
-            uploads=UploadService(db, storage, creator, max_blob_bytes=reg.max_blob_bytes),
+            blobs=BlobService(db, cache, creator, quotas),
+            uploads=UploadService(
+                db,
+                storage,
+                creator,
+                max_blob_bytes=reg.max_blob_bytes,
+                quotas=quotas,
+                deletion_lease_seconds=settings.gc.deletion_lease_seconds,
+            ),
             manifests=ManifestService(
-                db, cache, audit, creator, max_manifest_bytes=reg.max_manifest_bytes
+                db,
+                cache,
+                audit,
+                creator,
+                max_manifest_bytes=reg.max_manifest_bytes,
+                storage=storage,
             ),
             listings=ListingService(db, cache),
             cache=cache,
@@ -112,6 +127,7 @@ class Runtime:
             sessions=SessionService(db),
             creator=creator,
             teamsync=teamsync,
+            quotas=quotas,
         )
 
     async def close(self) -> None:

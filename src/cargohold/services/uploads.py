@@ -29,13 +29,16 @@ from cargohold.domain.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    QuotaExceeded,
     RangeInvalid,
     SizeInvalid,
 )
 from cargohold.domain.names import RepositoryName
 from cargohold.services.audit import Origin
 from cargohold.services.blobs import BlobInfo, link_blob
+from cargohold.services.gc import BlobClaim, claim_blob, claim_holds
 from cargohold.services.repositories import RepositoryCreator
+from cargohold.services.usage import Quotas
 from cargohold.storage import layout
 from cargohold.storage.driver import ObjectNotFound, StorageDriver, UploadWriter
 
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 WRITE_BUFFER = 1 << 20
 MAX_CACHED_HASHERS = 10_000
 ANONYMOUS_OWNER = "anonymous"
+# Publishing again after a collector took the blob in between (only when publishing took
+# longer than the grace period).
+PUBLISH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +79,17 @@ class UploadService:
         creator: RepositoryCreator,
         *,
         max_blob_bytes: int,
+        quotas: Quotas | None = None,
+        deletion_lease_seconds: float = 60.0,
     ) -> None:
         self.db = db
+        # How long a collector's deletion of a blob may take before a publish of the same
+        # bytes takes the blob back (settings gc.deletion_lease_seconds).
+        self.deletion_lease_seconds = deletion_lease_seconds
         self.creator = creator
         self.storage = storage
         self.max_blob_bytes = max_blob_bytes
+        self.quotas = quotas or Quotas(db, creator.audit)
         # The running sha256 of each upload this process wrote last, keyed by id, with the
         # size it covers. Another process (or a restart) rebuilds it from the bytes.
         self._hashers: dict[str, tuple[int, Hasher]] = {}
@@ -137,10 +149,13 @@ class UploadService:
         content_length: int | None = None,
         record: bool = True,
         owner: str = ANONYMOUS_OWNER,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
     ) -> UploadState:
         """Write more bytes. `record=False` (the last bytes of a finishing PUT) leaves the
         recorded size alone: publishing deletes the session anyway, and until then the
-        unrecorded bytes count for nothing, as after a cut-off PATCH."""
+        unrecorded bytes count for nothing, as after a cut-off PATCH. A namespace at its
+        hard limit gets no more bytes (QuotaExceeded; the upload stays as it was)."""
         # One writer at a time per upload in this process; the conditional UPDATE below
         # catches a second writer in another process.
         await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
@@ -153,6 +168,8 @@ class UploadService:
                 content_length=content_length,
                 record=record,
                 owner=owner,
+                principal=principal,
+                origin=origin,
             )
 
     async def _append_locked(
@@ -165,6 +182,9 @@ class UploadService:
         content_length: int | None,
         record: bool,
         owner: str,
+        principal: Principal,
+        origin: Origin,
+        digest: Digest | None = None,
     ) -> UploadState:
         async with self.db.read() as session:
             start = await self._size(session, repository.value, upload_id, owner)
@@ -180,6 +200,18 @@ class UploadService:
         expected = chunk.length if chunk is not None else content_length
         if expected is not None and start + expected > self.max_blob_bytes:
             raise SizeInvalid(f"blob larger than {self.max_blob_bytes} bytes")
+        if expected != 0:
+            # No bytes for a namespace at its hard limit (finishing, with the digest and
+            # the final size when known: exactly what the link would refuse).
+            final = start + expected if not record and expected is not None else None
+            await self.quotas.admit(
+                repository.namespace,
+                digest=None if digest is None else str(digest),
+                size=final,
+                repository=repository.value,
+                principal=principal,
+                origin=origin,
+            )
 
         key = layout.upload_key(upload_id)
         if start:
@@ -254,36 +286,49 @@ class UploadService:
         chunk: ChunkRange | None = None,
         content_length: int | None = None,
         owner: str = ANONYMOUS_OWNER,
+        principal: Principal = ANONYMOUS,
+        origin: Origin = Origin(),
     ) -> BlobInfo:
         """Append the final bytes (if any), verify the digest, and publish the blob, all
-        under the upload's lock, so no other request can touch the bytes in between."""
+        under the upload's lock, so no other request can touch the bytes in between.
+        `principal` is who a quota warning or refusal is recorded for."""
         await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
         async with self._upload_lock(upload_id):
-            if chunk is not None or content_length:
-                state = await self._append_locked(
-                    repository,
-                    upload_id,
-                    body,
-                    chunk=chunk,
-                    content_length=content_length,
-                    record=False,
-                    owner=owner,
-                )
-            else:
-                async for data in body:  # a body without Content-Length (chunked encoding)
-                    if data:
-                        state = await self._append_locked(
-                            repository,
-                            upload_id,
-                            _prepend(data, body),
-                            chunk=None,
-                            content_length=None,
-                            record=False,
-                            owner=owner,
-                        )
-                        break
+            try:
+                if chunk is not None or content_length:
+                    state = await self._append_locked(
+                        repository,
+                        upload_id,
+                        body,
+                        chunk=chunk,
+                        content_length=content_length,
+                        record=False,
+                        owner=owner,
+                        principal=principal,
+                        origin=origin,
+                        digest=digest,
+                    )
                 else:
-                    state = await self.status(repository, upload_id, owner=owner)
+                    async for data in body:  # a body without Content-Length (chunked)
+                        if data:
+                            state = await self._append_locked(
+                                repository,
+                                upload_id,
+                                _prepend(data, body),
+                                chunk=None,
+                                content_length=None,
+                                record=False,
+                                owner=owner,
+                                principal=principal,
+                                origin=origin,
+                                digest=digest,
+                            )
+                            break
+                    else:
+                        state = await self.status(repository, upload_id, owner=owner)
+            except QuotaExceeded:
+                await self._spend(upload_id)  # as a refusal at publishing: the upload is spent
+                raise
             key = layout.upload_key(upload_id)
             if state.size:
                 await self._exact_size(repository, upload_id, key, state.size, owner)
@@ -291,7 +336,9 @@ class UploadService:
             if hasher.hexdigest() != digest.hex:
                 await self._cancel_locked(repository, upload_id, owner)
                 raise DigestInvalid(detail={"digest": str(digest)})
-            return await self._publish(repository, upload_id, key, digest, state.size)
+            return await self._publish(
+                repository, upload_id, key, digest, state.size, principal, origin
+            )
 
     async def _exact_size(
         self, repository: RepositoryName, upload_id: str, key: str, size: int, owner: str
@@ -312,31 +359,92 @@ class UploadService:
             await (await self.storage.writer(key, offset=size)).close()
 
     async def _publish(
-        self, repository: RepositoryName, upload_id: str, key: str, digest: Digest, size: int
+        self,
+        repository: RepositoryName,
+        upload_id: str,
+        key: str,
+        digest: Digest,
+        size: int,
+        principal: Principal,
+        origin: Origin,
     ) -> BlobInfo:
-        blob_key = layout.blob_key(digest)
-        try:
-            existing = await self.storage.stat(blob_key)
-        except ObjectNotFound:
-            existing = None
-        if existing is not None and existing.size == size:
-            await self.storage.delete(key)  # deduplicated: the same bytes are stored already
-        elif size == 0:
-            # No byte was ever written, so there may be no upload object to move.
-            await self.storage.put_bytes(blob_key, b"")
-            await self.storage.delete(key)
-        else:
-            try:
-                await self.storage.commit(key, blob_key)
-            except ObjectNotFound:
-                raise BlobUploadUnknown(detail={"upload": upload_id}) from None
-
-        async def work(session: DbSession) -> None:
-            blob_id = await queries.insert_blob(session, str(digest), size)
-            await link_blob(session, repository, blob_id)
+        async def refused(session: DbSession) -> None:
+            # Over quota: no link. The bytes are in place already; their blob row lets
+            # the collector find and delete them (it never lists storage), and the upload
+            # is spent.
+            await queries.insert_blob(session, str(digest), size)
             await queries.delete_upload(session, upload_id)
 
-        await run_write(self.db, work)
+        try:
+            # Refused before the bytes move to the blob's key (and before the claim makes a
+            # blob row): nothing is left for the collector. The link checks again below.
+            await self.quotas.admit(
+                repository.namespace,
+                digest=str(digest),
+                size=size,
+                repository=repository.value,
+                principal=principal,
+                origin=origin,
+            )
+        except QuotaExceeded:
+            await self._spend(upload_id)
+            raise
+        blob_key = layout.blob_key(digest)
+        for attempt in range(PUBLISH_ATTEMPTS):
+            # Claim the digest before touching storage (ARCHITECTURE.md, garbage
+            # collection): a collector deleting these bytes finishes first, or sees the
+            # fresh touch and leaves them.
+            claim = await claim_blob(
+                self.db, str(digest), size, lease_seconds=self.deletion_lease_seconds
+            )
+            try:
+                existing = await self.storage.stat(blob_key)
+            except ObjectNotFound:
+                existing = None
+            # Deduplicated (the same bytes are stored already): the upload's own bytes stay
+            # until the link commits, in case a collector took those away meanwhile.
+            if existing is None or existing.size != size:
+                if size == 0:
+                    # No byte was ever written, so there may be no upload object to move.
+                    await self.storage.put_bytes(blob_key, b"")
+                else:
+                    try:
+                        await self.storage.commit(key, blob_key)
+                    except ObjectNotFound:
+                        if attempt:  # ours went to the blob's key, and a collector took it
+                            raise BlobUploadInvalid(
+                                "the blob was garbage-collected while it was published; "
+                                "upload it again"
+                            ) from None
+                        raise BlobUploadUnknown(detail={"upload": upload_id}) from None
+
+            async def work(session: DbSession, claim: BlobClaim = claim) -> bool:
+                if not await claim_holds(session, claim):
+                    return False  # a collector took the blob: publish again
+                await link_blob(
+                    session,
+                    repository,
+                    claim.id,
+                    size,
+                    self.quotas,
+                    principal=principal,
+                    origin=origin,
+                )
+                await queries.delete_upload(session, upload_id)
+                return True
+
+            try:
+                linked = await run_write(self.db, work)
+            except QuotaExceeded:
+                await run_write(self.db, refused)
+                self._forget(upload_id)
+                await self.storage.delete(key)
+                raise
+            if linked:
+                break
+        else:
+            raise BlobUploadInvalid("the blob is being garbage-collected; upload it again")
+        await self.storage.delete(key)  # what is left of the upload's bytes, if anything
         self._forget(upload_id)
         return BlobInfo(digest, size)
 
@@ -358,6 +466,16 @@ class UploadService:
 
     def _forget(self, upload_id: str) -> None:
         self._hashers.pop(upload_id, None)
+
+    async def _spend(self, upload_id: str) -> None:
+        """End an upload refused for the quota: its row and its bytes go."""
+
+        async def work(session: DbSession) -> None:
+            await queries.delete_upload(session, upload_id)
+
+        await run_write(self.db, work)
+        self._forget(upload_id)
+        await self.storage.delete(layout.upload_key(upload_id))
 
     async def cancel(
         self, repository: RepositoryName, upload_id: str, *, owner: str = ANONYMOUS_OWNER

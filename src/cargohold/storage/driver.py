@@ -88,6 +88,10 @@ class StorageDriver(Protocol):
     def local_path(self, key: str) -> Path | None:
         """A filesystem path for zero-copy serving, or None if the driver has none."""
 
+    async def redirect_url(self, key: str) -> str | None:
+        """A URL to send blob downloads to (a presigned URL) when the driver is set up to
+        redirect them, else None: the registry serves the bytes itself."""
+
     def exclusive(self, key: str) -> AbstractAsyncContextManager[None]:
         """Hold `key` exclusively against other processes sharing this storage (the caller
         serialises its own tasks). Used around writes to an upload in progress."""

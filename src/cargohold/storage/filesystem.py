@@ -66,6 +66,9 @@ class FilesystemDriver:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    async def redirect_url(self, key: str) -> str | None:
+        return None
+
     async def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:

@@ -2,6 +2,7 @@
 
     blobs/<algorithm>/<first two hex>/<hex>   content-addressed blob bytes, stored once
     uploads/<upload id>                        bytes of an upload in progress
+    health/sentinel                            a few bytes /health/endtoend reads back
 
 Blob keys come from parsed digests and upload keys from UUIDs the server made, so no
 client-supplied text reaches a path unchecked."""
@@ -15,6 +16,7 @@ from cargohold.storage.driver import check_key
 
 BLOBS = "blobs"
 UPLOADS = "uploads"
+HEALTH_SENTINEL = check_key("health/sentinel")
 
 
 def blob_key(digest: Digest) -> str:

@@ -34,6 +34,9 @@ class MemoryDriver:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    async def redirect_url(self, key: str) -> str | None:
+        return None
+
     @asynccontextmanager
     async def exclusive(self, key: str) -> AsyncIterator[None]:
         yield  # one process: the caller's own lock is enough

@@ -18,9 +18,13 @@ ROUTER_MODULES = (
     "prototypes",
     "permissions",
     "logs",  # before repositories: /repository/{repository:path}/logs must match first
+    "tags",  # before repositories too: /tag/..., /manifest/..., /immutability
     "repositories",
     "applications",
     "superuser",
+    "quotas",
+    "stars",
+    "gc",
 )
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cargohold.services.organizations import OrganizationService
 from cargohold.services.prototypes import PrototypeService
+from cargohold.services.tags import MAX_WINDOW_SECONDS, TimeMachineWindows
 from cargohold.services.teams import TeamService
 from cargohold.web.api.deps import Caller, OrgAccess, SignedIn
 from cargohold.web.api.problems import answering
@@ -47,6 +48,19 @@ class NewOrg(BaseModel):
 class UpdateOrg(BaseModel):
     model_config = ConfigDict(extra="forbid")
     email: str | None = Field(None, max_length=255, description="Contact e-mail address.")
+    tag_expiration_s: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_WINDOW_SECONDS,
+        description="The time machine's window in seconds (0: none); null: the default.",
+    )
+
+
+def windows(caller: Caller) -> TimeMachineWindows:
+    rt = caller.runtime
+    return TimeMachineWindows(
+        rt.db, rt.audit, default_seconds=rt.settings.tags.time_machine_seconds
+    )
 
 
 # -- routes ---------------------------------------------------------------------------
@@ -71,7 +85,13 @@ async def get_organization(
     """Members see the organization and their own teams; admins see every team with its
     role and counts, and the e-mail address. Anyone else gets 404."""
     with answering():
-        return await organizations(caller).view(orgname, caller.principal)
+        view = await organizations(caller).view(orgname, caller.principal)
+        view["tag_expiration_s"] = await windows(caller).get(orgname)
+        quota = await caller.runtime.quotas.namespace(orgname)  # docs/quotas.md
+        view["used_bytes"] = quota.used_bytes
+        view["quota"] = quota.json()
+        view["quota_report"] = quota.report()
+        return view
 
 
 @router.put("/organization/{orgname}", summary="Change an organization's details")
@@ -82,7 +102,11 @@ async def change_organization(
     with answering():
         if "email" in body.model_fields_set:
             await service.change(orgname, body.email, caller.audit("change_org"))
-        return await service.view(orgname, caller.principal)
+        if "tag_expiration_s" in body.model_fields_set:
+            await windows(caller).set(orgname, body.tag_expiration_s, caller.audit("change_org"))
+        view = await service.view(orgname, caller.principal)
+        view["tag_expiration_s"] = await windows(caller).get(orgname)
+        return view
 
 
 @router.delete("/organization/{orgname}", status_code=204, summary="Delete an organization")

@@ -19,9 +19,12 @@ from cargohold.services.repository_admin import (
     RepositoryInfo,
     decode_page,
 )
+from cargohold.services.repository_search import RepositorySearch, user_id
 from cargohold.web.api.deps import Anyone, Caller, RepoAccess, SignedIn, has_scope
 from cargohold.web.api.errors import bad_request
 from cargohold.web.api.problems import answering
+from cargohold.web.api.stars import listed_json
+from cargohold.web.api.users import iso
 
 router = APIRouter(tags=["repositories"])
 
@@ -100,24 +103,34 @@ async def list_repositories(
     caller: Annotated[Caller, Depends(Anyone())],
     namespace: Annotated[str, Query(max_length=255)] = "",
     public: bool = False,
+    starred: Annotated[bool, Query(description="Only those the caller starred.")] = False,
     last: Annotated[str, Query(max_length=255, description="A full name to list after.")] = "",
     next_page: Annotated[str | None, Query(max_length=400)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
 ) -> dict[str, Any]:
+    """Each with `is_starred`, `size` (bytes linked into it) and `last_modified`."""
     if namespace:
         try:
             parse_namespace(namespace)
         except NameInvalid as exc:
             raise bad_request(f"namespace: {exc}") from exc
+    if starred and user_id(caller.principal) is None:
+        raise bad_request("starred=true lists a signed-in user's stars: sign in")
     principal = caller.principal
     if not has_scope(principal, "repo:read"):
         principal = ANONYMOUS  # a token without repo:read sees what anyone sees
     with answering():
         after = decode_page(next_page) if next_page else last
-        page = await service(caller).page(
-            principal, namespace=namespace, with_public=public, last=after, limit=limit
+        page = await RepositorySearch(caller.runtime.db, caller.runtime.audit).page(
+            principal,
+            viewer=caller.principal,
+            namespace=namespace,
+            with_public=public or starred,
+            starred_only=starred,
+            last=after,
+            limit=limit,
         )
-    body: dict[str, Any] = {"repositories": [summary_json(r) for r in page.repositories]}
+    body: dict[str, Any] = {"repositories": [listed_json(r) for r in page.repositories]}
     if page.next_page:
         body["next_page"] = page.next_page
     return body
@@ -143,6 +156,7 @@ async def change_visibility(
 async def get_repository(caller: Reader, repository: str) -> dict[str, Any]:
     with answering():
         repo = await service(caller).get(repository)
+        usage = await caller.runtime.quotas.repository(repository, caller.principal)
     principal = caller.principal
     access = await caller.runtime.permissions.repository(principal, repository)
     role = access.role
@@ -153,6 +167,12 @@ async def get_repository(caller: Reader, repository: str) -> dict[str, Any]:
         "is_organization": repo.namespace_kind == "org",
         "can_write": can_write,
         "can_admin": can_admin,
+        "size": usage.used_bytes,
+        "last_modified": iso(usage.last_modified),
+        # Quay's: the repository's bytes and the limit of its namespace (docs/quotas.md),
+        # the limit only for members of the namespace (as GET .../quota).
+        "quota_report": {"quota_bytes": usage.used_bytes}
+        | ({"configured_quota": usage.namespace.limit_bytes} if usage.member else {}),
     }
 
 

@@ -21,6 +21,12 @@ async def get_blob(call: Call) -> Response:
     byte_range = parse_range(call.request.headers.get("range"), blob.size)
     send_body = call.request.method == "GET"
     storage = call.runtime.storage
+    if send_body:
+        url = await storage.redirect_url(blob.key)  # a presigned URL, if the storage says so
+        if url is not None:
+            # Not cacheable: the URL expires long before the blob's own max-age.
+            redirect = {"Location": url, "Docker-Content-Digest": str(digest)}
+            return Response(status_code=307, headers=redirect)
     path = storage.local_path(blob.key) if send_body else None
     stream = None
     if path is None and send_body:

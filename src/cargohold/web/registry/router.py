@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from cargohold.auth.access import ANONYMOUS, Action, Principal
 from cargohold.domain.errors import RegistryError, Unauthorized
-from cargohold.domain.names import RepositoryName, parse_repository
+from cargohold.domain.names import RepositoryName, check_creatable, parse_repository
 from cargohold.services.runtime import Runtime
 from cargohold.web.context import origin_of, runtime_of
 from cargohold.web.registry.auth import authenticate, challenge
@@ -91,6 +91,8 @@ class Router:
     async def dispatch(self, request: Request) -> Response:
         path: str = request.scope["path"]
         r, params, path_matched = self.match(request.method, path)
+        # The route, not the raw path, labels this request's metrics (web/metrics.py).
+        request.scope["route"] = r
         if r is None:
             if path_matched:
                 allow = {"Allow": self.allowed_methods(path)}
@@ -106,6 +108,8 @@ class Router:
             authenticated = True
             if name is not None:
                 call.repository = parse_repository(name)
+                if r.action is Action.PUSH:
+                    check_creatable(call.repository)  # the API's reserved words
             if r.action is not None:
                 await runtime.access.check(
                     call.principal, r.action, call.repository, origin_of(request)

@@ -88,6 +88,8 @@ async def start_upload(call: Call) -> Response:
             call.request.stream(),
             content_length=content_length(call.request),
             owner=owner,
+            principal=call.principal,
+            origin=origin,
         )
         return _created(call, blob)
     state = await runtime.uploads.start(
@@ -111,6 +113,8 @@ async def patch_upload(call: Call) -> Response:
         chunk=chunk_range(call.request),
         content_length=content_length(call.request),
         owner=upload_owner(call.principal),
+        principal=call.principal,
+        origin=origin_of(call.request),
     )
     return Response(status_code=202, headers=_upload_headers(state))
 
@@ -127,6 +131,8 @@ async def finish_upload(call: Call) -> Response:
         chunk=chunk_range(call.request),
         content_length=content_length(call.request),
         owner=upload_owner(call.principal),
+        principal=call.principal,
+        origin=origin_of(call.request),
     )
     return _created(call, blob)
 
