@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import procstat
 import report
 import servers
 import sysinfo
@@ -63,6 +64,9 @@ DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
 AUTH_OUT = REPO / "docs" / "benchmarks-auth.md"
 SCRATCH_OUT = REPO / "bench" / ".out"  # --quick / --standin reports, ignored by git
 BASIC_WRAPPER = REPO / "bench" / "regbench_basic.py"
+# Each server process's own high-water mark (VmHWM, MiB), read just before it is stopped:
+# the goal is per process (a worker, the main process), which a tree's sum hides.
+PROCESS_PEAKS: dict[str, list[tuple[int, str, float]]] = {}
 CANDIDATE, BASELINE, STANDIN = "cargohold", "distribution", "cargohold-standin"
 CANDIDATE_BASIC = "cargohold-basic"
 URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
@@ -511,11 +515,43 @@ def registries(
     finally:
         with signals_ignored():
             for s in reversed(running):
+                PROCESS_PEAKS[s.name] = process_peaks(s.pid)
                 log(f"stopping {s.name} (process group {s.pid})")
                 try:
                     s.stop()
                 except servers.ServerError as exc:
                     log(f"warning: {exc}")
+
+
+def process_peaks(root: int) -> list[tuple[int, str, float]]:
+    """(pid, command, VmHWM in MiB) of every process of a server's tree."""
+    peaks = []
+    for pid, rss in sorted(procstat.tree_rss(root).items()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            command = " ".join(a.decode(errors="replace") for a in argv[:3] if a)
+        except OSError:
+            command = "?"
+        peaks.append((pid, command, round(rss.hwm / 1048576, 1)))
+    return peaks
+
+
+def peaks_section() -> str:
+    lines = [
+        "## Memory peak of each process",
+        "",
+        "VmHWM of each process of each server's tree at the end of the run (the kernel's "
+        "own high-water mark, so no sampling can miss a peak). The goal of 150 MiB is per "
+        "process.",
+        "",
+        "| server | pid | process | VmHWM |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    for name, peaks in PROCESS_PEAKS.items():
+        for pid, command, mib in peaks:
+            lines.append(f"| {name} | {pid} | `{command}` | {mib:.0f} MiB |")
+    return "\n".join(lines)
 
 
 def suspects(
@@ -743,6 +779,8 @@ def run(args: argparse.Namespace, invocation: list[str]) -> int:
             for path, what_file in ((r.json_path, "JSON"), (r.log_path, "progress log")):
                 link = os.path.relpath(path, out.parent)
                 extra_raw.append(f"[{link}]({link}): pass {i}'s {what_file}.")
+    if PROCESS_PEAKS:
+        extra_sections.append(peaks_section())
     commands.append(("at the end, for each server", "kill -TERM -- -PGID   # and -KILL after 10 s"))
     info = report.RunInfo(
         candidate=first.cand.name,

@@ -16,6 +16,10 @@
 #   slapd ldap-utils  OpenLDAP server (2.5) + clients: tests/support/ldap.py starts a throwaway
 #                     slapd on loopback for the LDAP identity provider tests. Preseeded with
 #                     slapd/no_configuration so the package creates no system database.
+#   redis-server      Redis 7: tests/integration/test_redis.py starts one of its own to stop
+#                     it (the machine's own, at 127.0.0.1:6379, serves the other Redis tests)
+#   nginx             the load balancer of the scale-out tests: tests/support/balancer.py runs
+#                     one of its own (generated config, `daemon off`) in front of the replicas
 #   nodejs npm        only where no node/npm is on PATH (this machine kind ships NodeSource's
 #                     nodejs 20 with npm inside, which Debian's npm package would conflict with):
 #                     tests/support/oidc_provider.py runs the npm package oidc-provider on them
@@ -42,6 +46,8 @@ PACKAGES=(
     containerd
     slapd
     ldap-utils
+    redis-server
+    nginx
 )
 
 missing=()
@@ -78,7 +84,7 @@ fi
 status=0
 for cmd in docker-registry wrk skopeo podman buildah runc crun fuse-overlayfs slirp4netns newuidmap \
            catatonit conmon umoci busybox dockerd docker containerd \
-           slapd slaptest ldapsearch ldapwhoami node npm; do
+           slapd slaptest ldapsearch ldapwhoami nginx node npm; do
     if ! command -v "$cmd" >/dev/null 2>&1 \
         && ! [ -x "/usr/libexec/podman/$cmd" ] && ! [ -x "/usr/sbin/$cmd" ]; then
         echo "install-system-deps: '$cmd' not found after install" >&2

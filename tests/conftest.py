@@ -1,15 +1,20 @@
-"""Shared fixtures: real cargohold servers over HTTP, on SQLite and on PostgreSQL."""
+"""Shared fixtures: real cargohold servers over HTTP, on SQLite and on PostgreSQL, and the
+production deployment (replicas behind a load balancer)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.support.postgres import temporary_database
 from tests.support.server import RegistryProcess
+
+if TYPE_CHECKING:
+    from tests.support.production import ProductionDeployment
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +31,17 @@ def registry_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regi
         server = RegistryProcess(tmp_path_factory.mktemp("registry-pg"), database_url=url).start()
         yield server
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionDeployment]:
+    """Production mode: three replicas on PostgreSQL, S3 and Redis behind nginx
+    (tests/support/production.py); its `url`, `host` and `client()` are the balancer's.
+    Imported here: boto3 and redis stay out of every other session's start-up."""
+    from tests.support.production import ProductionDeployment
+
+    with ProductionDeployment(tmp_path_factory.mktemp("production")) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

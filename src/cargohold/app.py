@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cargohold import __version__
 from cargohold.db.session import Database
+from cargohold.jobs.background import Background
 from cargohold.jobs.schedule import Periodic, Scheduler
 from cargohold.services.gc import Collector
 from cargohold.services.runtime import Runtime
-from cargohold.services.tags import TagService
 from cargohold.settings import Settings, load_settings
 from cargohold.storage.registry import build_driver
 from cargohold.web.api.app import make_api
@@ -34,6 +34,7 @@ from cargohold.web.oidc import OidcSignIn
 from cargohold.web.registry.routes import router
 
 CONFIG_ENV = "CARGOHOLD_CONFIG_FILE"
+log = logging.getLogger(__name__)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -46,49 +47,13 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime.build(settings, db, build_driver(settings))
 
 
-def _scheduler(runtime: Runtime, *, gc: bool | None = None) -> Scheduler:
-    """The periodic jobs of a server process (or of `cargohold worker`); garbage collection
-    when `gc` (by default: the setting gc.enabled)."""
-    reg = runtime.settings.registry
-    max_age = timedelta(seconds=reg.upload_max_age_seconds)
-    tasks = [
-        Periodic(
-            "purge-stale-uploads",
-            reg.upload_purge_interval_seconds,
-            lambda: runtime.uploads.purge_stale(max_age),
-        )
-    ]
-    tasks.append(Periodic("audit-flush", 0.1, runtime.audit.flush))
-    expiry = TagService(
-        runtime.db,
-        runtime.audit,
-        time_machine_seconds=runtime.settings.tags.time_machine_seconds,
-        content_changed=runtime.cache.invalidate,
-    )
-    tasks.append(
-        Periodic("expire-tags", runtime.settings.tags.expiry_check_seconds, expiry.end_expired)
-    )
-    audit = runtime.settings.auth.audit
-    if audit.retention_days:
-        keep = timedelta(days=audit.retention_days)
-        tasks.append(
-            Periodic(
-                "audit-retention",
-                audit.retention_check_seconds,
-                lambda: runtime.audit.purge(keep),
-            )
-        )
-    tasks.append(Periodic("login-throttle-purge", 3600, runtime.throttle.purge))
-    tasks.append(Periodic("web-session-purge", 3600, runtime.sessions.purge))
-    if runtime.settings.auth.provider == "ldap":
-        interval = runtime.settings.auth.ldap.team_sync_interval_seconds
-        tasks.append(Periodic("ldap-team-sync", interval, runtime.teamsync.sync_all))
+def _scheduler(runtime: Runtime) -> Scheduler:
+    """What each process does for itself, on its own clock. The deployment's periodic
+    tasks (purges, tag expiry, garbage collection...) run once across all processes and
+    replicas: jobs/background.py."""
+    tasks = [Periodic("audit-flush", 0.1, runtime.audit.flush)]
     if runtime.db.sqlite:
         tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
-    if runtime.settings.gc.enabled if gc is None else gc:
-        # Every worker process tries; an flock lets one pass run at a time on the host.
-        collector = make_collector(runtime)
-        tasks.append(Periodic("gc", runtime.settings.gc.interval_seconds, collector.run_once))
     return Scheduler(tasks)
 
 
@@ -97,28 +62,47 @@ def make_collector(runtime: Runtime) -> Collector:
 
 
 async def run_worker(
-    settings: Settings, *, gc_only: bool = False, dry_run: bool | None = None
+    settings: Settings,
+    *,
+    kinds: Collection[str] | None = None,
+    gc_only: bool = False,
+    dry_run: bool | None = None,
 ) -> None:
-    """`cargohold worker` (every periodic job, garbage collection included, whatever
-    gc.enabled says) or `cargohold gc` (`gc_only`), without serving, until SIGINT or
-    SIGTERM."""
+    """`cargohold worker` (the job worker and the periodic tasks, garbage collection
+    included whatever gc.enabled says; `kinds` limits them) or `cargohold gc` (`gc_only`),
+    without serving, until SIGINT or SIGTERM. Raises UnknownKinds."""
     runtime = build_runtime(settings)
-    if gc_only:
-        collector = make_collector(runtime)
-        tasks = [Periodic("gc", settings.gc.interval_seconds, lambda: collector.run_once(dry_run))]
-        if runtime.db.sqlite:
-            tasks.append(Periodic("sqlite-checkpoint", 1.0, runtime.db.checkpoint))
-        scheduler = Scheduler(tasks)
-    else:
-        scheduler = _scheduler(runtime, gc=True)
+    background: Background | None = None
+    try:
+        if gc_only and dry_run:
+            # Passes that delete nothing, on this process's own clock: nothing to share.
+            collector = make_collector(runtime)
+            scheduler = Scheduler(
+                [
+                    Periodic("gc", settings.gc.interval_seconds, lambda: collector.run_once(True)),
+                    *_scheduler(runtime).tasks,
+                ]
+            )
+        else:
+            scheduler = _scheduler(runtime)
+            background = Background(runtime, {"gc"} if gc_only else kinds, gc=True)
+    except BaseException:
+        await runtime.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runtime.start()
     scheduler.start()
+    if background is not None:
+        background.start()
+        log.info("background work %s runs: %s", background.owner, ", ".join(background.kinds))
     try:
         await stop.wait()
     finally:
+        if background is not None:
+            await background.stop()
         await scheduler.stop()
         await runtime.close()
 
@@ -153,11 +137,18 @@ def make_asgi(settings: Settings) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         runtime = build_runtime(settings)
+        runtime.start()
         scheduler = _scheduler(runtime)
         scheduler.start()
+        jobs = settings.jobs.run_in_web
+        background = Background(runtime, gc=settings.gc.enabled) if jobs else None
+        if background is not None:
+            background.start()
         try:
             yield {"runtime": runtime}  # copied into every request's scope["state"]
         finally:
+            if background is not None:
+                await background.stop()
             await scheduler.stop()
             await runtime.close()
 

@@ -73,8 +73,7 @@ def serve(
     port = port if port is not None else settings.server.port
     workers = workers or settings.server.workers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _migrate(settings)
-    login = asyncio.run(_bootstrap_admin(settings))
+    login = _prepare_in_child(config)
     if config is not None:
         os.environ["CARGOHOLD_CONFIG_FILE"] = str(config.resolve())
     os.environ.setdefault("CARGOHOLD_DATA_DIR", settings.data_dir)
@@ -105,6 +104,34 @@ def serve(
         # SIGTERM or Ctrl-C always ends the server.
         workers_kill_timeout=10,
     ).serve()
+
+
+def _prepare(config: Path | None, out: Any) -> None:
+    settings = _load(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _migrate(settings)
+    out.send(asyncio.run(_bootstrap_admin(settings)))
+
+
+def _prepare_in_child(config: Path | None) -> str:
+    """Migrate and create the first superuser in a process of their own: granian forks its
+    workers from this one, and each would otherwise carry Alembic, the migrations and the
+    whole application loaded here (about 40 MiB per worker) on top of its own copy."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_prepare, args=(config, send), name="cargohold-prepare")
+    child.start()
+    send.close()
+    try:
+        login = str(receive.recv())
+    except EOFError:
+        login = ""
+    child.join()
+    if child.exitcode != 0 or not login:
+        raise typer.Exit(child.exitcode or 1)
+    return login
 
 
 async def _bootstrap_admin(settings: Settings) -> str:
@@ -265,16 +292,32 @@ def quota_recalculate(
 
 
 @app.command()
-def worker(config: ConfigOption = None) -> None:
-    """Run the periodic jobs without serving: garbage collection (whatever gc.enabled
-    says), tag expiry, stale-upload purge, audit retention. Beside `serve` with
-    gc.enabled false, or on another host of the same database and storage."""
+def worker(
+    config: ConfigOption = None,
+    kinds: Annotated[
+        str | None,
+        typer.Option(
+            "--kinds",
+            help="Only these job kinds and periodic tasks, comma-separated (e.g. gc,expire-tags).",
+        ),
+    ] = None,
+) -> None:
+    """Run background work without serving: the job queue's workers and the periodic
+    tasks (garbage collection whatever gc.enabled says, tag expiry, purges, audit
+    retention), each periodic task once across all replicas. Beside `serve` with
+    jobs.run_in_web false, or on another host of the same database and storage."""
     from cargohold.app import run_worker
+    from cargohold.jobs.background import UnknownKinds
 
     settings = _load(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()} if kinds is not None else None
     _migrate(settings)
-    _run(run_worker(settings))
+    try:
+        _run(run_worker(settings, kinds=wanted))
+    except UnknownKinds as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command("gc")
@@ -287,8 +330,10 @@ def gc_command(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Collect garbage: one pass with --once, else a pass every gc.interval_seconds until
-    stopped. Only one pass runs at a time on a host (--once waits for a running one)."""
+    """Collect garbage: one pass with --once, else the deployment's periodic pass every
+    gc.interval_seconds until stopped (as `cargohold worker --kinds gc`: one pass at a
+    time across all replicas). --once waits for a pass running on this host; with
+    --dry-run and without --once, this process counts on its own clock."""
     from cargohold.app import build_runtime, make_collector, run_worker
 
     settings = _load(config)

@@ -220,6 +220,29 @@ class GcSettings(_Strict):
     pace: float = Field(1.0, ge=0, le=100)
 
 
+class JobSettings(_Strict):
+    """Background jobs and periodic tasks (ARCHITECTURE.md, "Background jobs")."""
+
+    # `serve` runs them too; false for web nodes beside `cargohold worker` processes.
+    run_in_web: bool = True
+    # Longest pause between two looks for due jobs when idle (shorter right after work,
+    # and at once when this process enqueues one); also how often periodic tasks are read.
+    poll_seconds: float = Field(2.0, gt=0, le=60)
+    # A claimed job (or a running periodic task) is leased this long and renewed every
+    # third of it; a worker that died loses it after this time, and another takes over.
+    lease_seconds: float = Field(60.0, ge=1, le=3600)
+    concurrency: int = Field(4, ge=1, le=256)  # jobs one process runs at once
+    # Retries wait base x 2^(attempt-1), at most max, with jitter (between half and all).
+    retry_base_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    retention_days: int = Field(7, ge=1)  # finished (done, failed) jobs are then deleted
+    # On SIGTERM, running jobs get this long to finish; then they are released (queued
+    # again without counting an attempt) for another worker. Periodic tasks are cut at once.
+    stop_seconds: float = Field(5.0, ge=0, le=3600)
+    # Test-only job kinds and periodic tasks (jobs/testing.py); never in production.
+    test_kinds: bool = False
+
+
 class QuotaSettings(_Strict):
     # Applied to namespaces that have none of their own; None: no limit.
     default_bytes: int | None = Field(None, ge=0)
@@ -235,6 +258,33 @@ class MetricsSettings(_Strict):
     token: SecretStr = SecretStr("")
 
 
+class RedisSettings(_Strict):
+    """Optional Redis shared by every replica (docs/configuration.md, "Redis")."""
+
+    # redis://[[USER]:PASSWORD@]HOST:6379/DB, rediss:// (TLS) or unix://PATH; empty: no
+    # Redis (caches are invalidated per host, throttle counters and locks as without it).
+    url: str = ""
+    # Put in front of every key and channel, so several registries can share one Redis.
+    key_prefix: str = "cargohold:"
+    connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    # A command, or the invalidation channel's heartbeat, unanswered this long: Redis is
+    # taken as down (the caches fall back to `degraded_cache_seconds`).
+    timeout_seconds: float = Field(1.0, gt=0, le=60)
+    # While the invalidation channel is down, cached tag resolutions, permissions and
+    # verified credentials are reused this long at most (0: not cached at all).
+    degraded_cache_seconds: float = Field(1.0, ge=0, le=3600)
+    # Requests on one upload are serialized by a Redis lock instead of the storage driver's.
+    upload_locks: bool = True
+    # A lock not renewed this long (its holder died) expires; holders renew every third.
+    lock_seconds: float = Field(30.0, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> RedisSettings:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis.url must be redis://, rediss:// or unix://")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CARGOHOLD_", env_nested_delimiter="__", extra="forbid"
@@ -248,8 +298,10 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     tags: TagSettings = TagSettings()
     gc: GcSettings = GcSettings()
+    jobs: JobSettings = JobSettings()
     quota: QuotaSettings = QuotaSettings()
     metrics: MetricsSettings = MetricsSettings()
+    redis: RedisSettings = RedisSettings()
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
@@ -277,11 +329,12 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective settings with secrets hidden, for `config check`."""
         out = self.model_dump(mode="json")  # SecretStr fields come out as ******
-        url: str = out["database"]["url"]
-        if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
-            scheme, rest = url.split("//", 1)
-            user = rest.split(":", 1)[0]
-            out["database"]["url"] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+        for section in ("database", "redis"):
+            url: str = out[section]["url"]
+            if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+                scheme, rest = url.split("//", 1)
+                user = rest.split(":", 1)[0]
+                out[section]["url"] = f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
         return out
 
 

@@ -393,11 +393,14 @@ def test_worker_runs_the_background_jobs(chart: Rendered) -> None:
     worker = chart.get("Deployment", f"{FULLNAME}-worker")
     assert worker["spec"]["replicas"] == 1
     assert _container(worker)["command"][:2] == ["cargohold", "worker"]
-    # The collector runs in the worker, so the web pods leave it alone.
+    # The collector and the other background work run in the worker, so the web pods
+    # leave them alone.
     assert _settings(chart).gc.enabled is False
+    assert _settings(chart).jobs.run_in_web is False
     without = render({"worker": {"enabled": False}})
     assert [d["metadata"]["name"] for d in without.all("Deployment")] == [f"{FULLNAME}-web"]
     assert _settings(without).gc.enabled is True
+    assert _settings(without).jobs.run_in_web is True
 
 
 def test_migrations_run_as_a_pre_install_and_pre_upgrade_hook(chart: Rendered) -> None:
@@ -512,6 +515,7 @@ def test_settings_load_in_cargohold(default: Rendered, production: Rendered) -> 
     assert settings.metrics.token.get_secret_value() == SECRETS["metricsToken"]
     # TLS ends at the Ingress: the token endpoint is announced with the public URL.
     assert settings.auth.realm == "https://registry.example.org/v2/auth"
+    assert settings.redis.url == SECRETS["redisUrl"]
 
 
 def test_every_variable_names_a_setting(production: Rendered) -> None:
@@ -527,13 +531,7 @@ def test_every_variable_names_a_setting(production: Rendered) -> None:
         "CARGOHOLD_AUTH__LDAP__BIND_PASSWORD",
     }
     for variable in env:
-        known = _known_setting(variable)
-        if known is None:
-            # Redis comes with production mode: until cargohold has the section it ignores
-            # the variable; once it has it, the name must match.
-            assert variable == "CARGOHOLD_REDIS__URL"
-        else:
-            assert known, f"{variable} is no cargohold setting"
+        assert _known_setting(variable), f"{variable} is no cargohold setting"
 
 
 def test_pods_take_secrets_from_the_secret_only(production: Rendered) -> None:

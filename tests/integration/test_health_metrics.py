@@ -517,6 +517,16 @@ def test_config_check_online_bad_database(tmp_path: Path) -> None:
     assert done.stderr.strip().endswith("unreachable: database")
 
 
+def test_config_check_online_redis(tmp_path: Path) -> None:
+    done = config_check(tmp_path, redis__url="redis://127.0.0.1:6379/0")
+    assert done.returncode == 0, done.stderr
+    assert "redis: ok" in done.stderr
+    done = config_check(tmp_path, redis__url=f"redis://127.0.0.1:{free_port()}/0")
+    assert done.returncode == 1
+    assert "redis: FAILED" in done.stderr
+    assert done.stderr.strip().endswith("unreachable: redis")
+
+
 LDAP_ENV = {
     "auth__provider": "ldap",
     "auth__ldap__bind_dn": "cn=admin,dc=example,dc=org",
@@ -551,3 +561,20 @@ def test_config_check_online_ldap_service_bind(tmp_path: Path) -> None:
         done = config_check(tmp_path, **env, auth__ldap__bind_password="wrong")
         assert done.returncode == 1
         assert "identity_provider: FAILED" in done.stderr
+
+
+def test_config_check_masks_the_metrics_token(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
+    environment["CARGOHOLD_DATA_DIR"] = str(tmp_path)
+    environment["CARGOHOLD_METRICS__TOKEN"] = "metrics-token-in-env"
+    done = subprocess.run(
+        [sys.executable, "-m", "cargohold", "config", "check"],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "metrics-token-in-env" not in done.stdout
+    assert '"token": "**********"' in done.stdout

@@ -30,6 +30,7 @@ OTHER_FILES = {
     "run/cache-gen",
     "run/auth-gen",
     "run/secret-key",
+    "run/gc.lock",
     "initial-admin-password",
 }
 
@@ -97,6 +98,16 @@ def storage_problems(data_dir: Path, *, verify_blobs: bool = True) -> list[str]:
             problems.append(f"symlink {rel}")
             continue
         parts = rel.split("/")
+        if parts[:2] == ["run", "metrics"]:
+            # Prometheus' per-process sample files: run/metrics/<pid of serve>/<kind>_<pid>.db
+            ok = len(parts) == 2 or (len(parts) >= 3 and parts[2].isdigit())
+            if len(parts) == 4:
+                ok = (
+                    ok and path.is_file() and re.fullmatch(r"[a-z_]+_\d+\.db", parts[3]) is not None
+                )
+            if not ok or len(parts) > 4:
+                problems.append(f"unexpected metrics file {rel}")
+            continue
         if path.is_dir():
             ok = rel in allowed_dirs or (
                 parts[:2] == ["storage", "blobs"]

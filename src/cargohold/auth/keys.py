@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -59,14 +60,24 @@ def load_or_create_secret_key(configured: str, data_dir: str) -> bytes:
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
-        key = Fernet.generate_key()
+        pass
+    # Written whole under a temporary name, then linked into place: a process starting
+    # at the same time never reads a file that exists but is still empty.
+    key = Fernet.generate_key()
+    temporary = path.with_name(f".secret-key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            with open(path, "xb") as f:  # another process may have won the race
-                f.write(key)
-            path.chmod(0o600)
-            return key
+            os.link(temporary, path)
         except FileExistsError:
-            return path.read_bytes().strip()
+            return path.read_bytes().strip()  # another process won the race
+        return key
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, slots=True)

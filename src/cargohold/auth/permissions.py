@@ -2,7 +2,7 @@
 
 Answers are cached per process for a short time and dropped at once when this host
 changes a permission (a shared generation counter); other hosts see a change within
-`auth.credential_cache_seconds` (Redis-backed invalidation comes with production mode)."""
+`auth.credential_cache_seconds`, or at once with Redis (shared/state.py)."""
 
 from __future__ import annotations
 

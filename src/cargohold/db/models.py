@@ -422,3 +422,55 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# -- production mode -----------------------------------------------------------------------
+
+
+class Job(Base):
+    """Background work, durable: a job enqueued in the transaction of the change that
+    needs it runs after that change committed, survives restarts, and is claimed by one
+    worker at a time under a lease (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_due", "state", "run_at"),
+        # A job enqueued twice under one key runs once (periodic firings, per-event work).
+        UniqueConstraint("dedup_key"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|done|failed
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # not before
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    dedup_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class PeriodicTask(Base):
+    """When each periodic task is next due: the replica whose conditional update moves
+    `next_run_at` on runs it, so it fires once across all replicas."""
+
+    __tablename__ = "periodic_task"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_owner: Mapped[str | None] = mapped_column(String(128))
+
+
+class BlobPlacement(Base):
+    """Which configured storage locations hold a blob's bytes (the groundwork of
+    geo-replication): a blob with no row is in the default location."""
+
+    __tablename__ = "blob_placement"
+    blob_id: Mapped[int] = mapped_column(
+        ForeignKey("blob.id", ondelete="CASCADE"), primary_key=True
+    )
+    location: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

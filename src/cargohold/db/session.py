@@ -80,6 +80,18 @@ class DbSession:
     """Runs statements of db/queries.py inside the caller's unit of work."""
 
     dialect: str
+    _committed: list[Callable[[], None]] | None = None
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once this write unit of work has committed, never if it rolls
+        back (jobs/queue.py wakes this process's job worker so)."""
+        if self._committed is None:
+            self._committed = []
+        self._committed.append(callback)
+
+    def _run_committed(self) -> None:
+        for callback in self._committed or ():
+            callback()
 
     async def one(self, statement: Sql, **params: Any) -> Row | None:
         """The first row, or None."""
@@ -282,8 +294,9 @@ class Database:
                     self._writer = self._write_engine.raw_connection()
                 connection: sqlite3.Connection = self._writer.driver_connection
                 connection.execute("BEGIN IMMEDIATE")
+                session: DbSession = SqliteSession(connection)
                 try:
-                    yield SqliteSession(connection)
+                    yield session
                     await self._commit(connection)
                 except BaseException:
                     # Whatever failed, the body or the COMMIT itself (disk full), the shared
@@ -293,7 +306,9 @@ class Database:
                     raise
         else:
             async with self._async_engine.begin() as async_connection:
-                yield PostgresSession(await _driver(async_connection))
+                session = PostgresSession(await _driver(async_connection))
+                yield session
+        session._run_committed()
 
     async def _commit(self, connection: sqlite3.Connection) -> None:
         if not self._commit_in_thread:

@@ -1,6 +1,5 @@
-"""Periodic work run inside the server process (stale upload purge for now).
-
-Each task is idempotent, so several workers or replicas running it at once is safe."""
+"""Periodic chores each process does for itself, on its own clock (the audit queue's
+flush, SQLite checkpoints). Work done once per deployment is in jobs/periodic.py."""
 
 from __future__ import annotations
 

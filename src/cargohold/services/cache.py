@@ -4,7 +4,8 @@ Only positive answers are cached, so creating something never makes an entry sta
 What can go stale (a tag moved, a manifest, tag or blob link deleted) bumps a
 generation counter; every cache that sees a new generation empties itself. The counter
 is per process (`LocalGeneration`) or shared by the worker processes of one host
-through a memory-mapped file (`SharedFileGeneration`)."""
+through a memory-mapped file (`SharedFileGeneration`); with Redis, bumps also reach the
+other hosts (`shared.state.RedisGeneration`)."""
 
 from __future__ import annotations
 

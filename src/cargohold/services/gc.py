@@ -12,9 +12,10 @@ go in three steps under a lease (`deleting_since`) so that an upload publishing 
 digest never loses its bytes; the push side of that protocol is `claim_blob`,
 `claim_holds` and `blob_linkable` below. Storage is never listed.
 
-Only one pass runs at a time on a host (an flock on <data_dir>/run/gc.lock); several
-hosts on one PostgreSQL database are made safe by the row locks, not efficient (two
-collectors would re-check the same candidates): coordinating them is production work."""
+The periodic pass is a periodic task (jobs/periodic.py), so one runs at a time across all
+processes and replicas; an flock on <data_dir>/run/gc.lock also keeps a `cargohold gc
+--once` from overlapping a pass on the same host. Two collectors at once anyway (a manual
+pass on another host) are safe by the row locks, only wasteful."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ configured service, run concurrently, each with a short timeout. Used by GET
 Every check is cheap: the database runs `SELECT 1`; storage stats a sentinel object
 (`storage.layout.HEALTH_SENTINEL`), writing it first when it is missing, so a fresh or
 wiped store also proves it takes writes; LDAP binds as the service account; OpenID
-Connect fetches the discovery document."""
+Connect fetches the discovery document; Redis answers a PING."""
 
 from __future__ import annotations
 
@@ -96,8 +96,20 @@ def dependency_checks(
     identity = identity_check(settings, timeout)
     if identity is not None:
         checks["identity_provider"] = identity
-    # Redis: when the settings gain a Redis URL, its check (a PING) goes here as "redis".
+    redis = redis_check(settings)
+    if redis is not None:
+        checks["redis"] = redis
     return checks
+
+
+def redis_check(settings: Settings) -> Check | None:
+    """A PING on a new connection, when `redis.url` is set. A Redis outage fails this
+    check although requests go on working (ARCHITECTURE.md, "Caches")."""
+    if not settings.redis.url:
+        return None
+    from cargohold.shared.client import check  # the client library only when configured
+
+    return lambda: check(settings.redis)
 
 
 def _describe(exc: BaseException) -> str:
@@ -199,6 +211,13 @@ async def check_online(settings: Settings, *, seconds: float = CHECK_TIMEOUT) ->
     else:
         if identity is not None:
             checks["identity_provider"] = identity
+    try:
+        redis = redis_check(settings)
+    except Exception as exc:
+        checks["redis"] = _failing(exc)
+    else:
+        if redis is not None:
+            checks["redis"] = redis
     try:
         return await run_checks(checks, seconds=seconds)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cargohold.auth.access import AccessService
 from cargohold.auth.credentials import Authenticator
@@ -16,7 +17,7 @@ from cargohold.auth.tokens import RegistryTokens
 from cargohold.db.session import Database
 from cargohold.services.audit import AuditLog
 from cargohold.services.blobs import BlobService
-from cargohold.services.cache import MetadataCache, SharedFileGeneration
+from cargohold.services.cache import Generation, MetadataCache, SharedFileGeneration
 from cargohold.services.credentials import CredentialService
 from cargohold.services.listings import ListingService
 from cargohold.services.manifests import ManifestService
@@ -28,6 +29,9 @@ from cargohold.services.usage import Quotas
 from cargohold.services.users import UserService
 from cargohold.settings import Settings
 from cargohold.storage.driver import StorageDriver
+
+if TYPE_CHECKING:
+    from cargohold.shared.state import RedisState
 
 
 @dataclass
@@ -53,21 +57,38 @@ class Runtime:
     creator: RepositoryCreator
     teamsync: TeamSync
     quotas: Quotas
+    redis: RedisState | None = None  # with redis.url (shared/)
 
     @classmethod
     def build(cls, settings: Settings, db: Database, storage: StorageDriver) -> Runtime:
         reg = settings.registry
         # Worker processes of one host share the invalidation counter through a file.
         run = Path(settings.data_dir) / "run"
-        cache = MetadataCache(SharedFileGeneration(run / "cache-gen"))
+        cache_generation: Generation = SharedFileGeneration(run / "cache-gen")
         auth = settings.auth
         audit = AuditLog(db, log_pulls=auth.audit.log_pulls)
         # Permission and credential answers: dropped on this host's changes at once.
-        auth_generation = SharedFileGeneration(run / "auth-gen")
+        auth_generation: Generation = SharedFileGeneration(run / "auth-gen")
+        throttle = LoginThrottle(db, auth.lockout)
+        exclusive = storage.exclusive
+        redis = None
+        if settings.redis.url:  # the client library is imported only then
+            from cargohold.shared.locks import RedisLocks
+            from cargohold.shared.state import RedisState
+            from cargohold.shared.throttle import RedisLoginThrottle
+
+            # ...and, with Redis, on every replica's (ARCHITECTURE.md, "Caches").
+            redis = RedisState(settings.redis, run)
+            cache_generation = redis.generation("cache", cache_generation)
+            auth_generation = redis.generation("auth", auth_generation)
+            throttle = RedisLoginThrottle(db, auth.lockout, redis)
+            if settings.redis.upload_locks:
+                locks = RedisLocks(redis, settings.redis.lock_seconds, storage.exclusive)
+                exclusive = locks.exclusive
+        cache = MetadataCache(cache_generation)
         permissions = Permissions(
             db, PermissionCache(auth_generation, float(auth.credential_cache_seconds))
         )
-        throttle = LoginThrottle(db, auth.lockout)
         authenticator = Authenticator(
             db,
             identity_provider(settings, db),
@@ -105,6 +126,7 @@ class Runtime:
                 max_blob_bytes=reg.max_blob_bytes,
                 quotas=quotas,
                 deletion_lease_seconds=settings.gc.deletion_lease_seconds,
+                exclusive=exclusive,
             ),
             manifests=ManifestService(
                 db,
@@ -128,10 +150,19 @@ class Runtime:
             creator=creator,
             teamsync=teamsync,
             quotas=quotas,
+            redis=redis,
         )
+
+    def start(self) -> None:
+        """Background work of a serving process (in its event loop): with Redis, the
+        invalidation listener."""
+        if self.redis is not None:
+            self.redis.start()
 
     async def close(self) -> None:
         await self.audit.flush()
+        if self.redis is not None:
+            await self.redis.close()
         await self.db.dispose()
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -81,8 +81,12 @@ class UploadService:
         max_blob_bytes: int,
         quotas: Quotas | None = None,
         deletion_lease_seconds: float = 60.0,
+        exclusive: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.db = db
+        # Keeps other processes out of an upload's bytes: the storage driver's lock, or
+        # a Redis lock across replicas (shared/locks.py).
+        self.exclusive = exclusive or storage.exclusive
         # How long a collector's deletion of a blob may take before a publish of the same
         # bytes takes the blob back (settings gc.deletion_lease_seconds).
         self.deletion_lease_seconds = deletion_lease_seconds
@@ -455,7 +459,7 @@ class UploadService:
         try:
             # The asyncio lock orders this process's requests; the storage lock keeps other
             # worker processes out of the same upload's bytes.
-            async with lock, self.storage.exclusive(layout.upload_key(upload_id)):
+            async with lock, self.exclusive(layout.upload_key(upload_id)):
                 yield
         finally:
             lock, users = self._locks[upload_id]

@@ -58,7 +58,7 @@ from cargohold.services.gc_figures import GcFigures, read_gc_figures
 from cargohold.services.runtime import Runtime
 from cargohold.settings import Settings
 from cargohold.web.context import runtime_of
-from cargohold.web.metrics_files import ENV
+from cargohold.web.metrics_files import ENV, alive
 from cargohold.web.registry.router import Route as RegistryRoute
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ BUCKETS = (
 )
 N_BUCKETS = len(BUCKETS)
 SUM, BYTES_IN, BYTES_OUT = N_BUCKETS, N_BUCKETS + 1, N_BUCKETS + 2
+ZEROS = (0.0,) * (N_BUCKETS + 3)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # request bytes are counted for these
@@ -102,6 +103,16 @@ class RouteInfo:
 
 
 UNMATCHED = RouteInfo("unmatched", PLAIN, "web")
+
+
+class _Route:
+    """A route seen by this process: its labels, and its sums by method, then status."""
+
+    __slots__ = ("info", "series")
+
+    def __init__(self, info: RouteInfo) -> None:
+        self.info = info
+        self.series: dict[str, dict[int, list[float]]] = {}
 
 
 def registry_template(pattern: str) -> str:
@@ -223,9 +234,9 @@ class Recorder:
             self.cache_lookups,
             self.pool,
         )
-        # The hot path's sums, moved by flush().
-        self.pending: dict[tuple[str, str, int], list[float]] = {}
-        self.routes: dict[int, RouteInfo] = {id(None): UNMATCHED}
+        # The hot path's sums by (route label, method, status class), moved by flush().
+        self.sums: dict[tuple[str, str, int], list[float]] = {}
+        self.routes: dict[int, _Route] = {}
         self.requests_in_flight = 0
         self.upload_counts = {"started": 0, "finished": 0, "failed": 0}
         self.upload_byte_count = 0
@@ -240,26 +251,42 @@ class Recorder:
     # -- the hot path ----------------------------------------------------------------------
 
     def record(self, scope: Scope, status: int, elapsed: float, received: int, sent: int) -> None:
-        route = scope.get("route")
-        info = self.routes.get(id(route))
-        if info is None:
-            info = self.routes[id(route)] = route_info(route, scope)
+        route = self.routes.get(id(scope.get("route")))
+        if route is None:
+            route = self._learn(scope)
         method = scope["method"]
-        if method not in METHODS:
-            method = "OTHER"
-        status_class = status // 100 if 0 < status < 600 else 0
-        key = (info.label, method, status_class)
-        sums = self.pending.get(key)
-        if sums is None:
-            sums = self.pending[key] = [0.0] * (N_BUCKETS + 3)
+        try:
+            sums = route.series[method][status]
+        except KeyError:
+            sums = self._series(route, method, status)
         sums[bisect_left(BUCKETS, elapsed)] += 1
         sums[SUM] += elapsed
         sums[BYTES_IN] += received
         sums[BYTES_OUT] += sent
+        info = route.info
         if info.kind:
             self._special(info.kind, method, status, received)
         if status == 401 and (info.kind == REGISTRY_TOKEN or _carried_credentials(scope)):
             self.auth_failure_counts[info.surface] += 1
+
+    def _learn(self, scope: Scope) -> _Route:
+        route = scope.get("route")
+        learned = self.routes[id(route)] = _Route(route_info(route, scope))
+        return learned
+
+    def _series(self, route: _Route, method: str, status: int) -> list[float]:
+        """The sums of (route, method, status class), shared by every status of the class;
+        remembered under the request's own method only when it is a known one, so odd
+        methods cannot grow the table."""
+        known = method in METHODS
+        status_class = status // 100 if 0 < status < 600 else 0
+        key = (route.info.label, method if known else "OTHER", status_class)
+        sums = self.sums.get(key)
+        if sums is None:
+            sums = self.sums[key] = [0.0] * (N_BUCKETS + 3)
+        if known:
+            route.series.setdefault(method, {})[status] = sums
+        return sums
 
     def _special(self, kind: int, method: str, status: int, received: int) -> None:
         counts = self.upload_counts
@@ -286,8 +313,9 @@ class Recorder:
     # -- moving the sums into prometheus_client --------------------------------------------
 
     def flush(self) -> None:
-        pending, self.pending = self.pending, {}
-        for key, sums in pending.items():
+        for key, sums in self.sums.items():
+            if not any(sums):
+                continue
             children = self._children.get(key)
             if children is None:
                 label, method, status_class = key
@@ -308,6 +336,7 @@ class Recorder:
                 bytes_in.inc(sums[BYTES_IN])
             if sums[BYTES_OUT]:
                 bytes_out.inc(sums[BYTES_OUT])
+            sums[:] = ZEROS  # in place: the routes' tables hold these lists
         self.in_flight.set(self.requests_in_flight)
         self._move(self.upload_counts, self.uploads)
         if self.upload_byte_count:
@@ -399,18 +428,8 @@ def _forget_dead_workers(path: str) -> None:
     counters stay, as they should: what it counted happened."""
     for entry in Path(path).glob("gauge_live*_*.db"):
         pid = entry.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             multiprocess.mark_process_dead(int(pid), path)  # type: ignore[no-untyped-call]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Figures(Collector):
@@ -487,20 +506,29 @@ class _CountingReceive:
         return message
 
 
-class MetricsMiddleware:
-    """Pure ASGI: times and counts every HTTP request; starts the flush timer when the
+def instrument(app: ASGIApp, rec: Recorder | None = None) -> ASGIApp:
+    """`app` with every HTTP request timed and counted (a pure ASGI middleware, written
+    as a closure: cheaper to call than an object). It starts the flush timer when the
     application has started (lifespan) and flushes a last time when it stops."""
+    rec = rec or recorder()
 
-    def __init__(self, app: ASGIApp, recorder: Recorder) -> None:
-        self.app = app
-        self.recorder = recorder
+    async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                state = scope.get("state") or {}
+                rec.started(state.get("runtime"))
+            elif message["type"] == "lifespan.shutdown.complete":
+                rec.stopped()
+            await send(message)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, receive, watching_send)
+
+    async def metered(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self._lifespan(scope, receive, send)
+                await lifespan(scope, receive, send)
             else:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             return
         status = 0
         sent = 0
@@ -523,11 +551,10 @@ class MetricsMiddleware:
 
         # Request bytes are counted where requests carry them (not on GET and HEAD).
         counted = _CountingReceive(receive) if scope["method"] in WITH_BODY else None
-        rec = self.recorder
         rec.requests_in_flight += 1
         start = perf_counter()
         try:
-            await self.app(scope, counted or receive, counting_send)
+            await app(scope, counted or receive, counting_send)
         except BaseException:
             if status == 0:
                 status = 500
@@ -537,20 +564,7 @@ class MetricsMiddleware:
             received = counted.received if counted else 0
             rec.record(scope, status, perf_counter() - start, received, sent)
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def watching_send(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                state = scope.get("state") or {}
-                self.recorder.started(state.get("runtime"))
-            elif message["type"] == "lifespan.shutdown.complete":
-                self.recorder.stopped()
-            await send(message)
-
-        await self.app(scope, receive, watching_send)
-
-
-def instrument(app: ASGIApp) -> ASGIApp:
-    return MetricsMiddleware(app, recorder())
+    return metered
 
 
 # -- GET /metrics ------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from pathlib import Path
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process `pid` exists (signal 0 checks without sending anything)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -33,7 +34,7 @@ def prepare_multiprocess_dir(data_dir: str | Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     own = base / str(os.getpid())
     for entry in base.iterdir():
-        if entry == own or (entry.name.isdigit() and not _alive(int(entry.name))):
+        if entry == own or (entry.name.isdigit() and not alive(int(entry.name))):
             shutil.rmtree(entry, ignore_errors=True)
         elif entry.is_file():  # anything else left by hand or by another version
             with contextlib.suppress(OSError):

@@ -95,6 +95,11 @@ configurations that cannot work with several stateless pods.
 {{- $_ := set $gc "enabled" false }}
 {{- end }}
 {{- $_ := set $cfg "gc" $gc }}
+{{- $jobs := $cfg.jobs | default dict }}
+{{- if not (hasKey $jobs "run_in_web") }}
+{{- $_ := set $jobs "run_in_web" false }}
+{{- end }}
+{{- $_ := set $cfg "jobs" $jobs }}
 {{- end }}
 {{- if .Values.externalURL }}
 {{- $auth := $cfg.auth | default dict }}

@@ -19,6 +19,7 @@ from cargohold.domain.names import RepositoryName, check_creatable, parse_reposi
 from cargohold.services.runtime import Runtime
 from cargohold.web.context import origin_of, runtime_of
 from cargohold.web.registry.auth import authenticate, challenge
+from cargohold.web.registry.drain import TrackedReceive, drain
 from cargohold.web.registry.errors import error_response, to_response
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,12 @@ class Router:
         return ", ".join(sorted(methods))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        tracked = TrackedReceive(receive)
+        request = Request(scope, tracked)
         response = await self.dispatch(request)
-        await response(scope, receive, send)
+        if response.status_code >= 400:
+            await drain(request, tracked)  # behind a proxy, the answer must reach the client
+        await response(scope, tracked, send)
 
     async def dispatch(self, request: Request) -> Response:
         path: str = request.scope["path"]
