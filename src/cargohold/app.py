@@ -24,7 +24,7 @@ from cargohold.jobs.schedule import Periodic, Scheduler
 from cargohold.services.gc import Collector
 from cargohold.services.runtime import Runtime
 from cargohold.settings import Settings, load_settings
-from cargohold.storage.registry import build_driver
+from cargohold.storage.registry import build_locations
 from cargohold.web.api.app import make_api
 from cargohold.web.context import runtime_of
 from cargohold.web.health import health_routes
@@ -44,7 +44,7 @@ def build_runtime(settings: Settings) -> Runtime:
         echo=settings.database.echo,
         synchronous=settings.database.sqlite_synchronous,
     )
-    return Runtime.build(settings, db, build_driver(settings))
+    return Runtime.build(settings, db, build_locations(settings))
 
 
 def _scheduler(runtime: Runtime) -> Scheduler:
@@ -58,7 +58,13 @@ def _scheduler(runtime: Runtime) -> Scheduler:
 
 
 def make_collector(runtime: Runtime) -> Collector:
-    return Collector(runtime.db, runtime.storage, runtime.cache, runtime.settings)
+    return Collector(
+        runtime.db,
+        runtime.storage,
+        runtime.cache,
+        runtime.settings,
+        locations=runtime.locations,
+    )
 
 
 async def run_worker(
@@ -162,7 +168,14 @@ def make_asgi(settings: Settings) -> ASGIApp:
         else:
             await web(scope, receive, send)
 
-    return instrument(app) if settings.metrics.enabled else app
+    served: ASGIApp = instrument(app) if settings.metrics.enabled else app
+    if settings.server.trusted_proxies:
+        # Behind a load balancer: the client's address and scheme from X-Forwarded-For and
+        # X-Forwarded-Proto, believed only from these peers (throttling, audit, realm).
+        from granian.utils.proxies import wrap_asgi_with_proxy_headers
+
+        served = wrap_asgi_with_proxy_headers(served, list(settings.server.trusted_proxies))
+    return served
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -100,10 +101,19 @@ def serve(
         websockets=False,
         log_access=settings.server.access_log,
         backlog=2048,
-        # A worker that ignores the stop signal is killed after this many seconds, so a
-        # SIGTERM or Ctrl-C always ends the server.
-        workers_kill_timeout=10,
+        # On SIGTERM granian stops accepting at once, waits for the requests in flight,
+        # then runs the lifespan's shutdown (which stops the background work); a worker
+        # still alive after this many seconds is killed, so a stop always ends the server.
+        workers_kill_timeout=shutdown_seconds(settings),
     ).serve()
+
+
+def shutdown_seconds(settings: Settings) -> int:
+    """How long granian lets a stopping worker run before it kills it: the requests in
+    flight get `server.shutdown_timeout_seconds`, then the background work its
+    `jobs.stop_seconds`, and closing a few seconds more."""
+    background = settings.jobs.stop_seconds if settings.jobs.run_in_web else 0.0
+    return math.ceil(settings.server.shutdown_timeout_seconds + background + 5)
 
 
 def _prepare(config: Path | None, out: Any) -> None:

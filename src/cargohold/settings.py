@@ -5,6 +5,8 @@ variables with `__` for nesting (CARGOHOLD_DATABASE__URL). Unknown keys are erro
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -38,6 +41,23 @@ class ServerSettings(_Strict):
     port: int = Field(5000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     access_log: bool = False
+    # On SIGTERM (or Ctrl-C) the server stops accepting connections at once and lets the
+    # requests in flight (an upload's PATCH or PUT) finish for up to this long; then the
+    # background work stops (jobs.stop_seconds) and whatever is left is killed.
+    shutdown_timeout_seconds: int = Field(30, ge=1, le=86400)
+    # Addresses or networks of the load balancers in front (e.g. ["10.0.0.0/8"]): only
+    # from them are X-Forwarded-For and X-Forwarded-Proto believed. Empty: from no one.
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network") from None
+        return values
 
 
 class DatabaseSettings(_Strict):
@@ -80,16 +100,64 @@ class S3StorageSettings(_Strict):
     lease_seconds: float = Field(30.0, ge=1.0, le=3600.0)
 
 
-class StorageSettings(_Strict):
+# A storage location's name: what `blob_placement.location` records.
+LOCATION_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class StorageLocationSettings(_Strict):
+    """One place blob bytes live: a driver and its settings."""
+
     driver: Literal["filesystem", "memory", "s3"] = "filesystem"
     filesystem: FilesystemStorageSettings = FilesystemStorageSettings()
     s3: S3StorageSettings = S3StorageSettings()
 
     @model_validator(mode="after")
-    def _s3_needs_a_bucket(self) -> StorageSettings:
+    def _s3_needs_a_bucket(self) -> StorageLocationSettings:
         if self.driver == "s3" and not self.s3.bucket:
             raise ValueError("storage.driver s3 needs storage.s3.bucket")
         return self
+
+
+class StorageSettings(StorageLocationSettings):
+    """The default location (this section's own driver), and more named locations
+    (ARCHITECTURE.md, "Storage locations"; docs/configuration.md)."""
+
+    name: str = Field("default", pattern=LOCATION_NAME)  # the default location's
+    locations: dict[str, StorageLocationSettings] = {}
+    # Where a new blob is written, the first synchronously with its upload's bytes (and
+    # where uploads in progress live), the others copied before the push is answered.
+    # Empty: the default location only.
+    write_to: list[str] = []
+    # Which locations blob downloads read first, when several hold a blob; the others
+    # follow in the order write_to, the default, then the rest.
+    read_preference: list[str] = []
+
+    @model_validator(mode="after")
+    def _locations_known(self) -> StorageSettings:
+        for name in self.locations:
+            if not re.fullmatch(LOCATION_NAME, name):
+                raise ValueError(
+                    f"storage location name {name!r}: lowercase letters, digits, - and _"
+                )
+        if self.name in self.locations:
+            raise ValueError(f"storage.locations.{self.name} is the default location's name")
+        known = {self.name, *self.locations}
+        for field in ("write_to", "read_preference"):
+            names: list[str] = getattr(self, field)
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"storage.{field} names unknown locations: {', '.join(unknown)} "
+                    f"(configured: {', '.join(sorted(known))})"
+                )
+            if len(set(names)) != len(names):
+                raise ValueError(f"storage.{field} names a location twice")
+        return self
+
+    @property
+    def writes(self) -> list[str]:
+        """The locations new blobs are written to, the first holding uploads."""
+        return self.write_to or [self.name]
 
 
 class RegistrySettings(_Strict):
@@ -285,6 +353,13 @@ class RedisSettings(_Strict):
         return self
 
 
+class CacheSettings(_Strict):
+    # Several hosts on one PostgreSQL database without Redis learn nothing of each other's
+    # changes: their in-memory caches then keep no answer longer than this. Ignored on
+    # SQLite (one host) and with redis.url (changes are announced at once).
+    max_stale_seconds: float = Field(5.0, gt=0, le=3600)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CARGOHOLD_", env_nested_delimiter="__", extra="forbid"
@@ -296,6 +371,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     registry: RegistrySettings = RegistrySettings()
     auth: AuthSettings = AuthSettings()
+    cache: CacheSettings = CacheSettings()
     tags: TagSettings = TagSettings()
     gc: GcSettings = GcSettings()
     jobs: JobSettings = JobSettings()
@@ -310,6 +386,9 @@ class Settings(BaseSettings):
             self.database.url = f"sqlite:///{(data / 'cargohold.db').as_posix()}"
         if not self.storage.filesystem.root:
             self.storage.filesystem.root = str(data / "storage")
+        for name, location in self.storage.locations.items():
+            if not location.filesystem.root:
+                location.filesystem.root = str(data / f"storage-{name}")
         if not self.database.url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
             raise ValueError("database.url must be sqlite:///PATH or postgresql://...")
         return self

@@ -454,6 +454,54 @@ def test_pool_and_gc_figures(postgres_server: RegistryProcess) -> None:
     assert abs(stamp - now.timestamp()) < 1
 
 
+def test_job_queue_depth(postgres_server: RegistryProcess) -> None:
+    """cargohold_jobs: the job table by kind and state, read at scrape time. The kinds are
+    made up, so no worker claims these rows."""
+    waiting, broken = f"metrics-{uuid.uuid4().hex[:8]}", f"metrics-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    later = now + timedelta(days=1)  # not due, whatever claims them
+    insert = (
+        "INSERT INTO job (kind, payload, state, run_at, attempts, max_attempts, lease_owner, "
+        "lease_until, created_at, finished_at) VALUES (:kind, '{}', :state, :run_at, 0, 5, "
+        ":owner, :lease_until, :now, :finished_at)"
+    )
+    row = {"run_at": later, "owner": None, "lease_until": None, "now": now, "finished_at": None}
+    execute(
+        postgres_server,
+        insert,
+        [
+            *[{**row, "kind": waiting, "state": "queued"} for _ in range(3)],
+            {
+                **row,
+                "kind": waiting,
+                "state": "running",
+                "owner": "elsewhere",
+                "lease_until": later,
+            },
+            *[{**row, "kind": broken, "state": "failed", "finished_at": now} for _ in range(2)],
+        ],
+    )
+
+    def counted() -> Samples | None:
+        s = scrape(postgres_server)
+        return s if value(s, "cargohold_jobs", kind=waiting, state="queued") == 3 else None
+
+    samples = wait_for(counted, "counting the queued jobs")  # scrapes cache them 5 s
+    assert value(samples, "cargohold_jobs", kind=waiting, state="running") == 1
+    assert value(samples, "cargohold_jobs", kind=broken, state="failed") == 2
+    # Every state of a kind the table holds is there, 0 included.
+    assert (("cargohold_jobs", frozenset({"kind": waiting, "state": "done"}.items()))) in samples
+    assert value(samples, "cargohold_jobs", kind=broken, state="queued") == 0
+    execute(postgres_server, "DELETE FROM job WHERE kind = :kind", [{"kind": waiting}])
+
+    def drained() -> Samples | None:
+        s = scrape(postgres_server)
+        key = ("cargohold_jobs", frozenset({"kind": waiting, "state": "queued"}.items()))
+        return s if key not in s else None
+
+    wait_for(drained, "forgetting the deleted jobs")
+
+
 def test_endtoend_names_an_unreachable_database(postgres_server: RegistryProcess) -> None:
     assert endtoend(postgres_server).status_code == 200
     url = postgres_server.database_url

@@ -156,7 +156,15 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
             [
                 replica_env(prefix, storage, secret),
                 replica_env(prefix, storage, secret),
-                replica_env(prefix, storage, secret, redis_url=None),  # the control
+                # The control: nothing tells it of changes (and its caches' lifetime is
+                # made long enough not to end during a test).
+                replica_env(
+                    prefix,
+                    storage,
+                    secret,
+                    redis_url=None,
+                    CARGOHOLD_CACHE__MAX_STALE_SECONDS="3600",
+                ),
             ],
         )
         try:
@@ -190,6 +198,30 @@ def test_a_moved_tag_is_seen_by_the_other_replica_at_once(replicas: Replicas) ->
     with a.client() as client:  # and a deleted tag
         assert client.delete(f"/v2/{repo}/manifests/latest").status_code == 202
     wait_for(lambda: manifest_digest(b, repo, "latest") is None, "deleted on B", SOON)
+
+
+def test_without_redis_another_replica_sees_a_change_within_the_cache_lifetime(
+    tmp_path: Path,
+) -> None:
+    """Hosts on one PostgreSQL database without Redis: nothing announces a change, so the
+    caches keep no answer longer than cache.max_stale_seconds (here 1 s)."""
+    storage = tmp_path / "storage"
+    secret = uuid.uuid4().hex
+    env = replica_env("", storage, secret, redis_url=None, CARGOHOLD_CACHE__MAX_STALE_SECONDS="1")
+    with temporary_database() as database:
+        a, b = start_replicas(tmp_path, database, [env, env])
+        try:
+            repo = unique_repo("stale")
+            first, second = make_image(), make_image()
+            with a.client() as client:
+                push_image(client, repo, first, "latest")
+            assert manifest_digest(b, repo, "latest") == first.digest  # cached on B
+            with a.client() as client:
+                push_image(client, repo, second, "latest")
+            wait_for(lambda: manifest_digest(b, repo, "latest") == second.digest, "moved on B")
+        finally:
+            a.stop()
+            b.stop()
 
 
 def test_a_revoked_permission_is_refused_by_the_other_replica(replicas: Replicas) -> None:

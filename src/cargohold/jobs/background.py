@@ -54,16 +54,21 @@ def periodic_tasks(runtime: Runtime, *, gc: bool = True) -> list[PeriodicTask]:
     if settings.auth.provider == "ldap":
         interval = settings.auth.ldap.team_sync_interval_seconds
         tasks.append(PeriodicTask("ldap-team-sync", interval, runtime.teamsync.sync_all))
-    abort_stale = getattr(runtime.storage, "abort_stale", None)
-    if abort_stale is not None:  # S3: multipart uploads of dead commits, dead leases
+    aborts = [
+        abort
+        for driver in runtime.locations.drivers.values()
+        if (abort := getattr(driver, "abort_stale", None)) is not None
+    ]
+    if aborts:  # S3: multipart uploads of dead commits, dead leases
         # Never younger than an hour: a commit of a large blob may still be copying.
         stale = max(max_age, timedelta(hours=1))
+
+        async def abort_stale() -> None:
+            for abort in aborts:  # every S3 location
+                await abort(stale)
+
         tasks.append(
-            PeriodicTask(
-                "storage-abort-stale",
-                reg.upload_purge_interval_seconds,
-                lambda: abort_stale(stale),
-            )
+            PeriodicTask("storage-abort-stale", reg.upload_purge_interval_seconds, abort_stale)
         )
     retention = timedelta(days=settings.jobs.retention_days)
     tasks.append(PeriodicTask("jobs-purge", 3600, lambda: queue.purge(runtime.db, retention)))
@@ -71,7 +76,9 @@ def periodic_tasks(runtime: Runtime, *, gc: bool = True) -> list[PeriodicTask]:
         # Never two passes at once across the deployment: the task's row is leased while
         # it runs (jobs/periodic.py); the collector's flock still keeps a `cargohold gc
         # --once` on the same host from overlapping it.
-        collector = Collector(runtime.db, runtime.storage, runtime.cache, settings)
+        collector = Collector(
+            runtime.db, runtime.storage, runtime.cache, settings, locations=runtime.locations
+        )
         tasks.append(PeriodicTask("gc", settings.gc.interval_seconds, collector.run_once))
     if settings.jobs.test_kinds:
         tasks.extend(testing.periodic_tasks(settings.data_dir))

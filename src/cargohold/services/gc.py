@@ -40,10 +40,12 @@ from cargohold.db.usage import QuotaPolicy
 from cargohold.db.values import as_bool, as_datetime
 from cargohold.domain.digests import parse_digest
 from cargohold.domain.errors import BlobUploadInvalid
+from cargohold.services import placements
 from cargohold.services.cache import MetadataCache
 from cargohold.settings import Settings
 from cargohold.storage import layout
 from cargohold.storage.driver import StorageDriver
+from cargohold.storage.locations import StorageLocations
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,6 +179,7 @@ BLOBS_COLLECTABLE = _ids_in(
 )
 MARK_BLOBS = _ids_in("UPDATE blob SET deleting_since = :stamp WHERE {ids}", "id")
 STILL_OURS = _ids_in("SELECT id FROM blob WHERE {ids} AND deleting_since = :stamp", "id")
+PLACEMENTS = _ids_in("SELECT blob_id, location FROM blob_placement WHERE {ids}", "blob_id")
 DELETE_BLOBS = _ids_in(
     """DELETE FROM blob WHERE {ids} AND deleting_since = :stamp
        AND NOT EXISTS (SELECT 1 FROM repository_blob x WHERE x.blob_id = blob.id)
@@ -322,9 +325,12 @@ class Collector:
         settings: Settings,
         *,
         lock_path: Path | None = None,
+        locations: StorageLocations | None = None,
     ) -> None:
         self.db = db
         self.storage = storage
+        # Blob bytes go from every location that holds them (one: `storage`).
+        self.locations = locations or StorageLocations.single(storage)
         self.cache = cache
         gc = settings.gc
         self.batch_size = gc.batch_size
@@ -717,6 +723,11 @@ class Collector:
             rows = await session.all(
                 STILL_OURS, ids=_ids(session, [m[0] for m in marked]), stamp=stamp
             )
+            placed: dict[int, list[str]] = {}
+            if self.locations.several and rows:
+                ids = _ids(session, [int(r[0]) for r in rows])
+                for blob_id, location in await session.all(PLACEMENTS, ids=ids):
+                    placed.setdefault(int(blob_id), []).append(str(location))
         ours = {int(r[0]) for r in rows}
         deadline = stamp + self.lease / 2
         limit = asyncio.Semaphore(DELETE_CONCURRENCY)
@@ -727,7 +738,18 @@ class Collector:
                 if utcnow() >= deadline:
                     log.warning("gc: lease of blob %s ran short; it stays for now", blob[1])
                     return
-                await self.storage.delete(layout.blob_key(parse_digest(blob[1])))
+                where = placed.get(blob[0], [])  # none: the default location
+                unknown = sorted(set(where) - set(self.locations.drivers))
+                if unknown:  # its row stays, so these bytes are not forgotten
+                    log.warning(
+                        "gc: blob %s is in storage locations no longer configured (%s); it stays",
+                        blob[1],
+                        ", ".join(unknown),
+                    )
+                    return
+                key = layout.blob_key(parse_digest(blob[1]))
+                for _name, driver in self.locations.holders(where):
+                    await driver.delete(key)
                 gone.append(blob)
 
         await asyncio.gather(*(delete(m) for m in marked if m[0] in ours))
@@ -795,26 +817,40 @@ class BlobClaim:
     created_at: Any
 
 
-async def claim_blob(db: Database, digest: str, size: int, *, lease_seconds: float) -> BlobClaim:
+async def claim_blob(
+    db: Database,
+    digest: str,
+    size: int,
+    *,
+    lease_seconds: float,
+    locations: Sequence[str] = (),
+    default_location: str = "default",
+) -> BlobClaim:
     """Before a publish touches storage: create the blob's row, or mark it touched now so
     the collector leaves it alone. While a collector holds the deletion lease, wait
     (short back-off) until it finished (the row is gone: start afresh) or the lease
-    passed (the collector is presumed dead: take the blob back)."""
+    passed (the collector is presumed dead: take the blob back). With several storage
+    locations, `locations` (where the bytes are about to be written) are recorded in the
+    same transaction (services/placements.py): the rows come before the bytes."""
     delay = 0.02
     lease = timedelta(seconds=lease_seconds)
 
     async def work(session: DbSession) -> BlobClaim | None:
         now = utcnow()
         row = await session.one(BLOB_FOR_CLAIM, digest=digest)
+        existed = row is not None
         if row is None:
             await session.run(INSERT_TOUCHED_BLOB, digest=digest, size=size, now=now)
             row = await session.one(BLOB_FOR_CLAIM, digest=digest)
             assert row is not None
-            return BlobClaim(int(row[0]), row[2])
-        deleting_since = as_datetime(row[1])
-        if deleting_since is not None and deleting_since > now - lease:
-            return None
-        await session.run(TOUCH_BLOB, id=row[0], now=now)
+        else:
+            deleting_since = as_datetime(row[1])
+            if deleting_since is not None and deleting_since > now - lease:
+                return None
+            await session.run(TOUCH_BLOB, id=row[0], now=now)
+        await placements.record(
+            session, int(row[0]), locations, default=default_location, existed=existed
+        )
         return BlobClaim(int(row[0]), row[2])
 
     # A lease stamped in the future (a collector on a host whose clock runs ahead) must not

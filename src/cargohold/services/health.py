@@ -11,6 +11,7 @@ Connect fetches the discovery document; Redis answers a PING."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from cargohold.db.sql import sql
 from cargohold.settings import Settings
 from cargohold.storage.driver import ObjectNotFound, StorageDriver
 from cargohold.storage.layout import HEALTH_SENTINEL
+from cargohold.storage.locations import StorageLocations
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +87,28 @@ def identity_check(settings: Settings, timeout: float = CHECK_TIMEOUT) -> Check 
     return None
 
 
+def storage_checks(storage: StorageDriver | StorageLocations) -> dict[str, Check]:
+    """`storage` for the default location, `storage.<name>` for each other one."""
+    if not isinstance(storage, StorageLocations):
+        return {"storage": lambda: check_storage(storage)}
+    checks: dict[str, Check] = {}
+    for name in sorted(storage.drivers, key=lambda n: n != storage.default):
+        driver = storage.drivers[name]
+        label = "storage" if name == storage.default else f"storage.{name}"
+        checks[label] = functools.partial(check_storage, driver)
+    return checks
+
+
 def dependency_checks(
-    settings: Settings, db: Database, storage: StorageDriver, *, timeout: float = CHECK_TIMEOUT
+    settings: Settings,
+    db: Database,
+    storage: StorageDriver | StorageLocations,
+    *,
+    timeout: float = CHECK_TIMEOUT,
 ) -> dict[str, Check]:
     """The checks of the services `settings` configure, by the name answers use."""
-    checks: dict[str, Check] = {
-        "database": lambda: check_database(db),
-        "storage": lambda: check_storage(storage),
-    }
+    checks: dict[str, Check] = {"database": lambda: check_database(db)}
+    checks.update(storage_checks(storage))
     identity = identity_check(settings, timeout)
     if identity is not None:
         checks["identity_provider"] = identity
@@ -187,11 +203,11 @@ def _failing(exc: Exception) -> Check:
 async def check_online(settings: Settings, *, seconds: float = CHECK_TIMEOUT) -> list[CheckResult]:
     """`cargohold config check --online`: connect to each configured service once, with
     its own database connection and storage driver (nothing is migrated)."""
-    from cargohold.storage.registry import build_driver
+    from cargohold.storage.registry import build_locations
 
     checks: dict[str, Check] = {}
     db: Database | None = None
-    storage: StorageDriver | None = None
+    storage: StorageLocations | None = None
     try:
         db = Database(settings.database.url, pool_size=1)
     except Exception as exc:
@@ -199,11 +215,11 @@ async def check_online(settings: Settings, *, seconds: float = CHECK_TIMEOUT) ->
     else:
         checks["database"] = lambda: check_database(db)
     try:
-        storage = build_driver(settings)
+        storage = build_locations(settings)
     except Exception as exc:
         checks["storage"] = _failing(exc)
     else:
-        checks["storage"] = lambda: check_storage(storage)
+        checks.update(storage_checks(storage))
     try:
         identity = identity_check(settings, seconds)
     except Exception as exc:
@@ -223,8 +239,5 @@ async def check_online(settings: Settings, *, seconds: float = CHECK_TIMEOUT) ->
     finally:
         if db is not None:
             await db.dispose()
-        close = getattr(storage, "close", None)
-        if callable(close):
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        if storage is not None:
+            await storage.close()

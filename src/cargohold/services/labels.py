@@ -24,7 +24,7 @@ from cargohold.db.sql import sql
 from cargohold.domain.durations import DurationError, parse_duration
 from cargohold.domain.manifests import Descriptor, ParsedManifest
 from cargohold.storage import layout
-from cargohold.storage.driver import StorageDriver, StorageError
+from cargohold.storage.driver import ObjectReader, StorageError
 
 EXPIRES_AFTER = "quay.expires-after"
 MAX_CONFIG_BYTES = 1 << 20
@@ -74,7 +74,7 @@ def usable(key: str, value: str) -> bool:
 
 async def for_push(
     db: Database,
-    storage: StorageDriver | None,
+    storage: ObjectReader | None,
     repository: str,
     digest: str,
     parsed: ParsedManifest,
@@ -107,7 +107,7 @@ async def for_push(
     return content_labels(parsed, data)
 
 
-async def read_config(storage: StorageDriver, config: Descriptor) -> bytes | None:
+async def read_config(storage: ObjectReader, config: Descriptor) -> bytes | None:
     """At most MAX_CONFIG_BYTES of the config blob, whose link and size the caller
     checked; None if it is larger, differs from its size, or cannot be read."""
     chunks: list[bytes] = []

@@ -38,7 +38,7 @@ from cargohold.services.audit import AuditEntry, AuditLog, Origin
 from cargohold.services.cache import MetadataCache
 from cargohold.services.records import ManifestRecord
 from cargohold.services.repositories import RepositoryCreator
-from cargohold.storage.driver import StorageDriver
+from cargohold.storage.driver import ObjectReader
 
 TOUCH_MANIFEST = sql("UPDATE manifest SET created_at = :now WHERE id = :id")
 MANIFEST_DIGEST = sql("SELECT digest FROM manifest WHERE id = :id")
@@ -77,7 +77,7 @@ class ManifestService:
         creator: RepositoryCreator,
         *,
         max_manifest_bytes: int,
-        storage: StorageDriver | None = None,
+        storage: ObjectReader | None = None,
     ) -> None:
         self.db = db
         self.creator = creator

@@ -17,10 +17,16 @@ from cargohold.auth.tokens import RegistryTokens
 from cargohold.db.session import Database
 from cargohold.services.audit import AuditLog
 from cargohold.services.blobs import BlobService
-from cargohold.services.cache import Generation, MetadataCache, SharedFileGeneration
+from cargohold.services.cache import (
+    Generation,
+    MetadataCache,
+    SharedFileGeneration,
+    TickingGeneration,
+)
 from cargohold.services.credentials import CredentialService
 from cargohold.services.listings import ListingService
 from cargohold.services.manifests import ManifestService
+from cargohold.services.placements import BlobSources
 from cargohold.services.repositories import RepositoryCreator
 from cargohold.services.sessions import SessionService
 from cargohold.services.teamsync import TeamSync
@@ -29,6 +35,7 @@ from cargohold.services.usage import Quotas
 from cargohold.services.users import UserService
 from cargohold.settings import Settings
 from cargohold.storage.driver import StorageDriver
+from cargohold.storage.locations import StorageLocations
 
 if TYPE_CHECKING:
     from cargohold.shared.state import RedisState
@@ -57,11 +64,22 @@ class Runtime:
     creator: RepositoryCreator
     teamsync: TeamSync
     quotas: Quotas
+    # Every storage location by name; `storage` is the primary one (uploads in progress,
+    # a new blob's first copy), the only one unless storage.locations adds more.
+    locations: StorageLocations
+    sources: BlobSources  # where blob downloads read from
     redis: RedisState | None = None  # with redis.url (shared/)
 
     @classmethod
-    def build(cls, settings: Settings, db: Database, storage: StorageDriver) -> Runtime:
+    def build(
+        cls, settings: Settings, db: Database, storage: StorageDriver | StorageLocations
+    ) -> Runtime:
         reg = settings.registry
+        if isinstance(storage, StorageLocations):
+            locations = storage
+        else:
+            locations = StorageLocations.single(storage, settings.storage.name)
+        storage = locations.primary
         # Worker processes of one host share the invalidation counter through a file.
         run = Path(settings.data_dir) / "run"
         cache_generation: Generation = SharedFileGeneration(run / "cache-gen")
@@ -72,6 +90,12 @@ class Runtime:
         throttle = LoginThrottle(db, auth.lockout)
         exclusive = storage.exclusive
         redis = None
+        if not settings.redis.url and not db.sqlite:
+            # Other hosts may share this database, and nothing would tell us of their
+            # changes: bound how long a cached answer lives instead.
+            stale = settings.cache.max_stale_seconds
+            cache_generation = TickingGeneration(cache_generation, stale)
+            auth_generation = TickingGeneration(auth_generation, stale)
         if settings.redis.url:  # the client library is imported only then
             from cargohold.shared.locks import RedisLocks
             from cargohold.shared.state import RedisState
@@ -127,6 +151,7 @@ class Runtime:
                 quotas=quotas,
                 deletion_lease_seconds=settings.gc.deletion_lease_seconds,
                 exclusive=exclusive,
+                locations=locations,
             ),
             manifests=ManifestService(
                 db,
@@ -134,7 +159,8 @@ class Runtime:
                 audit,
                 creator,
                 max_manifest_bytes=reg.max_manifest_bytes,
-                storage=storage,
+                # Config blobs (for their labels) from whichever location has them.
+                storage=locations if locations.several else storage,
             ),
             listings=ListingService(db, cache),
             cache=cache,
@@ -150,6 +176,8 @@ class Runtime:
             creator=creator,
             teamsync=teamsync,
             quotas=quotas,
+            locations=locations,
+            sources=BlobSources(db, locations),
             redis=redis,
         )
 

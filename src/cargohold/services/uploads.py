@@ -41,6 +41,7 @@ from cargohold.services.repositories import RepositoryCreator
 from cargohold.services.usage import Quotas
 from cargohold.storage import layout
 from cargohold.storage.driver import ObjectNotFound, StorageDriver, UploadWriter
+from cargohold.storage.locations import StorageLocations
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,13 @@ class UploadService:
         quotas: Quotas | None = None,
         deletion_lease_seconds: float = 60.0,
         exclusive: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
+        locations: StorageLocations | None = None,
     ) -> None:
         self.db = db
+        # `storage` holds the uploads in progress and a new blob's first copy (the
+        # primary location); with several locations, publishing also copies the blob to
+        # the other `write_to` locations (ARCHITECTURE.md, "Storage locations").
+        self.locations = locations or StorageLocations.single(storage)
         # Keeps other processes out of an upload's bytes: the storage driver's lock, or
         # a Redis lock across replicas (shared/locks.py).
         self.exclusive = exclusive or storage.exclusive
@@ -398,8 +404,14 @@ class UploadService:
             # Claim the digest before touching storage (ARCHITECTURE.md, garbage
             # collection): a collector deleting these bytes finishes first, or sees the
             # fresh touch and leaves them.
+            locations = self.locations
             claim = await claim_blob(
-                self.db, str(digest), size, lease_seconds=self.deletion_lease_seconds
+                self.db,
+                str(digest),
+                size,
+                lease_seconds=self.deletion_lease_seconds,
+                locations=locations.write_to if locations.several else (),
+                default_location=locations.default,
             )
             try:
                 existing = await self.storage.stat(blob_key)
@@ -421,6 +433,13 @@ class UploadService:
                                 "upload it again"
                             ) from None
                         raise BlobUploadUnknown(detail={"upload": upload_id}) from None
+            if locations.secondaries:
+                await asyncio.gather(
+                    *(
+                        self._replicate(name, upload_id, blob_key, size)
+                        for name in locations.secondaries
+                    )
+                )
 
             async def work(session: DbSession, claim: BlobClaim = claim) -> bool:
                 if not await claim_holds(session, claim):
@@ -451,6 +470,28 @@ class UploadService:
         await self.storage.delete(key)  # what is left of the upload's bytes, if anything
         self._forget(upload_id)
         return BlobInfo(digest, size)
+
+    async def _replicate(self, location: str, upload_id: str, blob_key: str, size: int) -> None:
+        """Copy a published blob from the primary location into `location` (whose
+        placement row the claim recorded already), unless it holds the bytes: through the
+        upload's key there, then committed (renamed, or copied server-side) into place."""
+        target = self.locations.drivers[location]
+        try:
+            if (await target.stat(blob_key)).size == size:
+                return
+        except ObjectNotFound:
+            pass
+        if size == 0:
+            await target.put_bytes(blob_key, b"")
+            return
+        staging = layout.upload_key(upload_id)
+        writer = await target.writer(staging, offset=0)
+        try:
+            async for data in self.storage.read(blob_key):
+                await writer.write(data)
+        finally:
+            await writer.close()
+        await target.commit(staging, blob_key)
 
     @asynccontextmanager
     async def _upload_lock(self, upload_id: str) -> AsyncIterator[None]:
@@ -516,11 +557,13 @@ class UploadService:
         for upload_id in [u for u in self._hashers if u not in live]:
             self._forget(upload_id)
         orphans = 0
-        async for info in self.storage.walk(layout.UPLOADS):
-            name = info.key.rsplit("/", 1)[-1]
-            if name not in live and info.modified_at < cutoff:
-                await self.storage.delete(info.key)
-                orphans += 1
+        # Every location: a publish copies through the upload's key in the others.
+        for driver in self.locations.drivers.values():
+            async for info in driver.walk(layout.UPLOADS):
+                name = info.key.rsplit("/", 1)[-1]
+                if name not in live and info.modified_at < cutoff:
+                    await driver.delete(info.key)
+                    orphans += 1
         if stale or orphans:
             log.info("purged %d stale uploads and %d orphaned upload files", len(stale), orphans)
         return len(stale) + orphans

@@ -58,6 +58,14 @@ class UploadWriter(Protocol):
         """Flush and release; the object can be reopened at its size later."""
 
 
+class ObjectReader(Protocol):
+    """What reading an object takes: a driver, or the storage locations (which read
+    from whichever location has it)."""
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream an object from `offset`, `length` bytes or to the end; raises ObjectNotFound."""
+
+
 class StorageDriver(Protocol):
     name: str
 

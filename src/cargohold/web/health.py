@@ -32,7 +32,7 @@ class EndToEnd:
         if self._checks is None:
             runtime = runtime_of(request)
             self._checks = CachedChecks(
-                dependency_checks(runtime.settings, runtime.db, runtime.storage)
+                dependency_checks(runtime.settings, runtime.db, runtime.locations)
             )
         results = await self._checks.results()
         services: dict[str, dict[str, Any]] = {}

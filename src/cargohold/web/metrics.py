@@ -54,6 +54,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cargohold import __version__
+from cargohold.jobs import queue
 from cargohold.services.gc_figures import GcFigures, read_gc_figures
 from cargohold.services.runtime import Runtime
 from cargohold.settings import Settings
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
 GC_CACHE_SECONDS = 5.0
+JOBS_CACHE_SECONDS = 5.0
+JOB_STATES = (queue.QUEUED, queue.RUNNING, queue.DONE, queue.FAILED)
 BUCKETS = (
     0.0005,
     0.001,
@@ -247,6 +250,7 @@ class Recorder:
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._gc: tuple[float, GcFigures] | None = None
+        self._jobs: tuple[float, dict[tuple[str, str], int]] | None = None
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -404,7 +408,22 @@ class Recorder:
         self._gc = (time.monotonic(), figures)
         return figures
 
-    def exposition(self, gc: GcFigures | None) -> bytes:
+    async def job_counts(self, runtime: Runtime) -> dict[tuple[str, str], int] | None:
+        """The job table by (kind, state), read at most every JOBS_CACHE_SECONDS."""
+        cached = self._jobs
+        if cached is not None and time.monotonic() - cached[0] < JOBS_CACHE_SECONDS:
+            return cached[1]
+        try:
+            counts = await queue.counts(runtime.db)
+        except Exception:
+            log.exception("reading the job queue for the metrics failed")
+            return None
+        self._jobs = (time.monotonic(), counts)
+        return counts
+
+    def exposition(
+        self, gc: GcFigures | None, jobs: dict[tuple[str, str], int] | None = None
+    ) -> bytes:
         """The text format; reads every worker's files in multi-process mode (call it in a
         thread)."""
         registry = CollectorRegistry(auto_describe=False)
@@ -415,7 +434,7 @@ class Recorder:
         else:
             for metric in self.metrics:
                 registry.register(metric)
-        registry.register(_Figures(gc))
+        registry.register(_Figures(gc, jobs))
         return generate_latest(registry)
 
 
@@ -434,10 +453,13 @@ def _forget_dead_workers(path: str) -> None:
 
 class _Figures(Collector):
     """What is read at scrape time rather than counted: the garbage collector's figures
-    (from the database, the same for every worker) and the version."""
+    and the job queue (from the database, the same for every worker) and the version."""
 
-    def __init__(self, gc: GcFigures | None) -> None:
+    def __init__(
+        self, gc: GcFigures | None, jobs: dict[tuple[str, str], int] | None = None
+    ) -> None:
         self.gc = gc
+        self.jobs = jobs
 
     def collect(self) -> Iterator[Any]:
         info = GaugeMetricFamily(
@@ -445,6 +467,8 @@ class _Figures(Collector):
         )
         info.add_metric((__version__,), 1)
         yield info
+        if self.jobs is not None:
+            yield _job_family(self.jobs)
         gc = self.gc
         if gc is None:
             return
@@ -478,6 +502,21 @@ class _Figures(Collector):
             "leave the table).",
             value=gc.freed_bytes,
         )
+
+
+def _job_family(counts: dict[tuple[str, str], int]) -> GaugeMetricFamily:
+    """Every state of each kind the table holds, 0 included, so a drained queue reads 0
+    rather than vanishing."""
+    family = GaugeMetricFamily(
+        "cargohold_jobs",
+        "Jobs in the durable queue by kind and state (queued: the queue depth).",
+        labels=("kind", "state"),
+    )
+    for kind in sorted({k for k, _ in counts}):
+        others = sorted({s for k, s in counts if k == kind} - set(JOB_STATES))
+        for state in (*JOB_STATES, *others):
+            family.add_metric((kind, state), counts.get((kind, state), 0))
+    return family
 
 
 _RECORDER: Recorder | None = None
@@ -623,8 +662,10 @@ class MetricsEndpoint:
             )
         rec = recorder()
         rec.flush()  # this worker's latest figures; the others' are at most a second old
-        gc = await rec.gc_figures(runtime_of(request))
-        body = await anyio.to_thread.run_sync(rec.exposition, gc)
+        runtime = runtime_of(request)
+        gc = await rec.gc_figures(runtime)
+        jobs = await rec.job_counts(runtime)
+        body = await anyio.to_thread.run_sync(rec.exposition, gc, jobs)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

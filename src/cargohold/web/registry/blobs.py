@@ -22,6 +22,8 @@ async def get_blob(call: Call) -> Response:
     send_body = call.request.method == "GET"
     storage = call.runtime.storage
     if send_body:
+        # A location that holds the blob (the only one, unless several are configured).
+        storage = await call.runtime.sources.source(digest)
         url = await storage.redirect_url(blob.key)  # a presigned URL, if the storage says so
         if url is not None:
             # Not cacheable: the URL expires long before the blob's own max-age.
