@@ -111,6 +111,31 @@ def test_pushing_a_blob_twice_is_idempotent(client: httpx.Client) -> None:
     assert_blob(client, repo, sha256(data), data)
 
 
+def test_the_finishing_put_sent_again_answers_the_same_201(client: httpx.Client) -> None:
+    """A load balancer sends a PUT again to another replica when the first died before
+    answering, perhaps after it finished the upload: the same PUT answers 201 again, while
+    the finished upload is otherwise gone (status, PATCH, another digest, DELETE)."""
+    repo = unique_repo()
+    data = os.urandom(2000)
+    digest = sha256(data)
+    location = start_upload(client, repo)
+    assert client.patch(location, content=data, headers=OCTET).status_code == 202
+    first = client.put(location, params={"digest": digest})
+    assert_created(first, repo, digest)
+    again = client.put(location, params={"digest": digest})
+    assert_created(again, repo, digest)
+    assert again.headers["Location"] == first.headers["Location"]
+    assert_blob(client, repo, digest, data)
+
+    other = sha256(b"something else")
+    assert_error(client.put(location, params={"digest": other}), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    patch = client.patch(location, content=b"more", headers=OCTET)
+    assert_error(patch, 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(client.delete(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_created(client.put(location, params={"digest": digest}), repo, digest)
+
+
 # -- streamed and chunked ------------------------------------------------------------------
 
 

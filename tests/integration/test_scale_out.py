@@ -219,11 +219,11 @@ class RetryingPusher:
     """A registry client that retries the way real ones do: an upload that fails with a
     connection error or a 5xx is started again from its POST; a manifest PUT is repeated.
 
-    One more answer restarts an upload: BLOB_UPLOAD_UNKNOWN to the PUT that finishes it.
     nginx passes a PUT (an idempotent method) on to the next replica when the one it sent
     it to dies before answering; if that one had finished the upload first, the next
-    finds no upload any more (docs/deploy.md, "Another load balancer").
-    Any other unexpected answer fails the test."""
+    answers the same 201 (a finished upload remembers its digest). BLOB_UPLOAD_UNKNOWN to
+    the finishing PUT also restarts the upload, as a real client would, should the
+    upload's row be gone. Any other unexpected answer fails the test."""
 
     client: httpx.Client
     attempts: int = 10

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.audit import execute, query
 from tests.support.oci import error_codes, push_blob, unique_repo
 from tests.support.server import RegistryProcess
 
@@ -43,3 +44,22 @@ def test_stale_uploads_are_purged(quick_purge: RegistryProcess) -> None:
         assert status.status_code == 404
         assert error_codes(status) == ["BLOB_UPLOAD_UNKNOWN"]
         assert client.get(f"/v2/{repo}/blobs/{finished}").content == b"kept"
+
+
+def test_finished_uploads_are_forgotten_after_a_while(quick_purge: RegistryProcess) -> None:
+    """A finished upload's row answers its PUT again for a while (FINISHED_KEPT), then the
+    purge removes it like any other."""
+    repo = unique_repo()
+    with quick_purge.client() as client:
+        push_blob(client, repo, b"finished once")
+    rows = query(quick_purge, "SELECT id FROM upload WHERE finished_digest IS NOT NULL")
+    assert len(rows) == 1
+    execute(
+        quick_purge,
+        "UPDATE upload SET finished_at = :t WHERE id = :id",
+        [{"t": "2000-01-01 00:00:00", "id": rows[0][0]}],
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and query(quick_purge, "SELECT id FROM upload"):
+        time.sleep(0.5)
+    assert query(quick_purge, "SELECT id FROM upload") == []

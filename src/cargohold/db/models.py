@@ -244,6 +244,10 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     # Who started it ("user:<id>", "robot:<id>", "anonymous"): only they may continue it.
     owner: Mapped[str | None] = mapped_column(String(64))
+    # Set when the upload published its blob: the row stays a while so that the same PUT
+    # sent again (a load balancer retrying on another replica) answers 201 again.
+    finished_digest: Mapped[str | None] = mapped_column(String(150))
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 

@@ -150,14 +150,26 @@ INSERT_UPLOAD = sql(
     "INSERT INTO upload (id, repository_id, size, owner, created_at, updated_at) "
     "VALUES (:id, :repository_id, 0, :owner, :now, :now)"
 )
-# An upload is found only in its repository and only by the principal who started it.
+# An upload is found only in its repository and only by the principal who started it;
+# once finished, only as finished.
 UPLOAD = sql(
     """SELECT u.size FROM upload u JOIN repository r ON r.id = u.repository_id
-       WHERE u.id = :id AND r.name = :repository AND u.owner = :owner"""
+       WHERE u.id = :id AND r.name = :repository AND u.owner = :owner
+       AND u.finished_digest IS NULL"""
 )
+FINISHED_UPLOAD = sql(
+    """SELECT u.finished_digest FROM upload u JOIN repository r ON r.id = u.repository_id
+       WHERE u.id = :id AND r.name = :repository AND u.owner = :owner
+       AND u.finished_digest IS NOT NULL"""
+)
+FINISH_UPLOAD = sql(
+    "UPDATE upload SET finished_digest = :digest, finished_at = :now, updated_at = :now "
+    "WHERE id = :id"
+)
+PURGE_FINISHED_UPLOADS = sql("DELETE FROM upload WHERE finished_at < :cutoff")
 GROW_UPLOAD = sql("UPDATE upload SET size = :new, updated_at = :now WHERE id = :id AND size = :old")
 DELETE_UPLOAD = sql("DELETE FROM upload WHERE id = :id")
-STALE_UPLOADS = sql("SELECT id FROM upload WHERE updated_at < :cutoff")
+STALE_UPLOADS = sql("SELECT id FROM upload WHERE updated_at < :cutoff AND finished_digest IS NULL")
 UPLOAD_IDS = sql("SELECT id FROM upload")
 
 
@@ -179,6 +191,24 @@ async def upload_size(
 async def grow_upload(session: DbSession, upload_id: str, old: int, new: int) -> bool:
     """Record the new size, if nobody else changed it since `old` was read."""
     return await session.run(GROW_UPLOAD, id=upload_id, old=old, new=new, now=utcnow()) == 1
+
+
+async def finished_upload(
+    session: DbSession, upload_id: str, repository: str, owner: str
+) -> str | None:
+    """The digest a finished upload of `repository` by `owner` published, or None."""
+    digest: str | None = await session.value(
+        FINISHED_UPLOAD, id=upload_id, repository=repository, owner=owner
+    )
+    return digest
+
+
+async def finish_upload(session: DbSession, upload_id: str, digest: str) -> None:
+    await session.run(FINISH_UPLOAD, id=upload_id, digest=digest, now=utcnow())
+
+
+async def purge_finished_uploads(session: DbSession, cutoff: datetime) -> int:
+    return await session.run(PURGE_FINISHED_UPLOADS, cutoff=cutoff)
 
 
 async def delete_upload(session: DbSession, upload_id: str) -> int:

@@ -45,6 +45,9 @@ from cargohold.storage.locations import StorageLocations
 
 log = logging.getLogger(__name__)
 
+# How long a finished upload answers its finishing PUT again (a retried request).
+FINISHED_KEPT = timedelta(minutes=15)
+
 WRITE_BUFFER = 1 << 20
 MAX_CACHED_HASHERS = 10_000
 ANONYMOUS_OWNER = "anonymous"
@@ -120,6 +123,28 @@ class UploadService:
         if size is None:
             raise BlobUploadUnknown(detail={"upload": upload_id})
         return size
+
+    async def _already_finished(
+        self, repository: RepositoryName, upload_id: str, digest: Digest, owner: str
+    ) -> BlobInfo | None:
+        """The blob of an upload that this very PUT finished before: a load balancer sends
+        a PUT (an idempotent method) again to another replica when the first one died
+        before answering, perhaps after it had published the blob. Answering the same 201
+        again keeps the client's push going; another digest is an unknown upload."""
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            return None  # status() refuses it
+        async with self.db.read() as session:
+            finished = await queries.finished_upload(session, upload_id, repository.value, owner)
+            if finished is None:
+                return None
+            row = None
+            if finished == str(digest):
+                row = await queries.linked_blob(session, repository.value, finished)
+        if row is None:
+            raise BlobUploadUnknown(detail={"upload": upload_id})
+        return BlobInfo(digest, int(row[1]))
 
     async def status(
         self, repository: RepositoryName, upload_id: str, *, owner: str = ANONYMOUS_OWNER
@@ -302,6 +327,9 @@ class UploadService:
         """Append the final bytes (if any), verify the digest, and publish the blob, all
         under the upload's lock, so no other request can touch the bytes in between.
         `principal` is who a quota warning or refusal is recorded for."""
+        done = await self._already_finished(repository, upload_id, digest, owner)
+        if done is not None:
+            return done
         await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
         async with self._upload_lock(upload_id):
             try:
@@ -453,7 +481,7 @@ class UploadService:
                     principal=principal,
                     origin=origin,
                 )
-                await queries.delete_upload(session, upload_id)
+                await queries.finish_upload(session, upload_id, str(digest))
                 return True
 
             try:
@@ -549,6 +577,11 @@ class UploadService:
             return ids
 
         stale = await run_write(self.db, work)
+
+        async def finished(session: DbSession) -> int:
+            return await queries.purge_finished_uploads(session, utcnow() - FINISHED_KEPT)
+
+        await run_write(self.db, finished)
         for upload_id in stale:
             self._forget(upload_id)
             await self.storage.delete(layout.upload_key(upload_id))
