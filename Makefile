@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: help run test check fmt migrate bench bench-auth bench-scale bench-memory bench-gc bench-quick system-deps clean
+.PHONY: help run test check fmt migrate bench bench-auth bench-scale bench-memory bench-gc bench-production bench-quick system-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,9 @@ bench-memory: $(STAMP) ## server memory while pushing and pulling a 4 GiB blob; 
 
 bench-gc: $(STAMP) ## GC throughput on 100,000 blobs, push/pull latency with GC on and off (SQLite and PostgreSQL); writes docs/benchmarks.md's GC section
 	$(BIN)/python bench/gcbench.py --database sqlite --database postgresql://postgres@127.0.0.1:5432/postgres
+
+bench-production: $(STAMP) system-deps ## production mode (PostgreSQL + S3 + Redis; 1 and 3 replicas) vs Distribution on the same S3; writes docs/benchmarks.md's production section
+	$(BIN)/python bench/production.py
 
 bench-quick: $(STAMP) system-deps ## a short benchmark run that checks the harness works
 	$(BIN)/python bench/compare.py --quick

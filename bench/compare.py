@@ -69,6 +69,11 @@ BASIC_WRAPPER = REPO / "bench" / "regbench_basic.py"
 PROCESS_PEAKS: dict[str, list[tuple[int, str, float]]] = {}
 CANDIDATE, BASELINE, STANDIN = "cargohold", "distribution", "cargohold-standin"
 CANDIDATE_BASIC = "cargohold-basic"
+# Sections of the report that other benchmarks write between their markers.
+KEPT_SECTIONS = re.compile(
+    r"<!-- (gc|production)-benchmark:begin -->.*?<!-- \1-benchmark:end -->\n?",
+    re.S,
+)
 URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 # Small sizes and short loads: a smoke run that exercises every endpoint regbench uses.
@@ -409,11 +414,10 @@ def write_outputs(out: Path, doc: dict[str, Any], info: report.RunInfo, chart_ti
         subtitle += ": QUICK SMOKE RUN, not a measurement"
     svg_path = out.with_name(info.svg_link)
     svg_path.write_text(report.render_svg(rows, chart_title, subtitle, info.candidate))
-    # The garbage collection section (bench/gcbench.py) is another benchmark's: keep it.
-    kept = re.search(
-        r"<!-- gc-benchmark:begin -->.*?<!-- gc-benchmark:end -->\n?", _text(out), re.S
-    )
-    out.write_text(report.render_markdown(doc, info) + ("\n" + kept[0] if kept else ""))
+    # The garbage collection (bench/gcbench.py) and production mode (bench/production.py)
+    # sections are other benchmarks': keep them, in their order.
+    kept = [m[0] for m in KEPT_SECTIONS.finditer(_text(out))]
+    out.write_text(report.render_markdown(doc, info) + "".join("\n" + k for k in kept))
     return svg_path
 
 

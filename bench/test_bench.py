@@ -188,6 +188,18 @@ def test_markdown_has_the_required_sections() -> None:
     assert "Quick smoke run" not in md
 
 
+def test_rewrite_keeps_the_other_benchmarks_sections(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    gc = "<!-- gc-benchmark:begin -->\n## GC\n<!-- gc-benchmark:end -->\n"
+    prod = "<!-- production-benchmark:begin -->\n## Prod\n<!-- production-benchmark:end -->\n"
+    out.write_text("# old report\n\n" + gc + "\n" + prod)
+    compare.write_outputs(out, make_doc(), make_info(), "chart")
+    text = out.read_text()
+    assert "# old report" not in text
+    assert text.startswith("# Benchmarks: cargohold vs CNCF Distribution")
+    assert text.endswith("\n" + gc + "\n" + prod)
+
+
 def test_markdown_marks_quick_and_standin_runs() -> None:
     md = report.render_markdown(make_doc(), make_info(quick=True, standin=True))
     assert "Quick smoke run" in md

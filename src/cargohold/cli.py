@@ -116,32 +116,31 @@ def shutdown_seconds(settings: Settings) -> int:
     return math.ceil(settings.server.shutdown_timeout_seconds + background + 5)
 
 
-def _prepare(config: Path | None, out: Any) -> None:
-    settings = _load(config)
+def _prepare(config: str) -> None:
+    """In the child of `_prepare_in_child`: migrate, bootstrap, print the banner's login
+    lines as JSON on stdout (logs go to stderr)."""
+    settings = _load(Path(config) if config else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _migrate(settings)
-    out.send(asyncio.run(_bootstrap_admin(settings)))
+    sys.stdout.write(json.dumps(asyncio.run(_bootstrap_admin(settings))) + "\n")
 
 
 def _prepare_in_child(config: Path | None) -> str:
     """Migrate and create the first superuser in a process of their own: granian forks its
     workers from this one, and each would otherwise carry Alembic, the migrations and the
-    whole application loaded here (about 40 MiB per worker) on top of its own copy."""
-    import multiprocessing
+    whole application loaded here (about 40 MiB per worker) on top of its own copy. A plain
+    subprocess, not multiprocessing's spawn, which would leave its resource tracker behind
+    as a child of the server."""
+    import subprocess
 
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_prepare, args=(config, send), name="cargohold-prepare")
-    child.start()
-    send.close()
-    try:
-        login = str(receive.recv())
-    except EOFError:
-        login = ""
-    child.join()
-    if child.exitcode != 0 or not login:
-        raise typer.Exit(child.exitcode or 1)
-    return login
+    code = "import sys; from cargohold.cli import _prepare; _prepare(sys.argv[1])"
+    where = str(config.resolve()) if config is not None else ""
+    done = subprocess.run(
+        [sys.executable, "-c", code, where], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise typer.Exit(done.returncode)
+    return str(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 async def _bootstrap_admin(settings: Settings) -> str:
@@ -383,7 +382,7 @@ def config_check(
         bool,
         typer.Option(
             "--online",
-            help="Also connect to the database, the storage and the identity provider.",
+            help="Also connect to the database, the storage, Redis and the identity provider.",
         ),
     ] = False,
     timeout: Annotated[

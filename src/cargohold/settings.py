@@ -226,7 +226,7 @@ class AuthSettings(_Strict):
     # Users named here are superusers whatever the database says.
     superusers: list[str] = []
     # Created as a superuser on start when no user exists yet (like Harbor's initial
-    # admin password). `make run` generates one and writes it to <data_dir>/initial-admin.
+    # admin password). Empty: `serve` generates one into <data_dir>/initial-admin-password.
     initial_admin_user: str = "admin"
     initial_admin_password: SecretStr = SecretStr("")
     # Encrypts signing keys at rest. Empty: generated into <data_dir>/run/secret-key.

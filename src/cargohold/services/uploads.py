@@ -332,6 +332,11 @@ class UploadService:
             return done
         await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
         async with self._upload_lock(upload_id):
+            # The same PUT may have been waiting for the lock while its first sending
+            # (timed out at a balancer, not dead) finished the upload.
+            done = await self._already_finished(repository, upload_id, digest, owner)
+            if done is not None:
+                return done
             try:
                 if chunk is not None or content_length:
                     state = await self._append_locked(
