@@ -327,16 +327,14 @@ class UploadService:
         """Append the final bytes (if any), verify the digest, and publish the blob, all
         under the upload's lock, so no other request can touch the bytes in between.
         `principal` is who a quota warning or refusal is recorded for."""
-        done = await self._already_finished(repository, upload_id, digest, owner)
-        if done is not None:
-            return done
-        await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
-        async with self._upload_lock(upload_id):
-            # The same PUT may have been waiting for the lock while its first sending
-            # (timed out at a balancer, not dead) finished the upload.
+        try:
+            await self.status(repository, upload_id, owner=owner)  # unknown: never a lock
+        except BlobUploadUnknown:
             done = await self._already_finished(repository, upload_id, digest, owner)
             if done is not None:
                 return done
+            raise
+        async with self._upload_lock(upload_id):
             try:
                 if chunk is not None or content_length:
                     state = await self._append_locked(
@@ -369,6 +367,13 @@ class UploadService:
                             break
                     else:
                         state = await self.status(repository, upload_id, owner=owner)
+            except BlobUploadUnknown:
+                # The same PUT may have waited for the lock while its first sending (timed
+                # out at a balancer, not dead) finished the upload.
+                done = await self._already_finished(repository, upload_id, digest, owner)
+                if done is not None:
+                    return done
+                raise
             except QuotaExceeded:
                 await self._spend(upload_id)  # as a refusal at publishing: the upload is spent
                 raise
