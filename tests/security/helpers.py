@@ -91,7 +91,8 @@ def storage_problems(data_dir: Path, *, verify_blobs: bool = True) -> list[str]:
     <hex> (and `.<hex>.<pid>.tmp` beside it), storage/uploads/<canonical uuid>, the
     SQLite database files, the server log and the cache counter. No symlinks anywhere."""
     problems: list[str] = []
-    allowed_dirs = {"", "storage", "storage/blobs", "storage/uploads", "run"}
+    # storage/health holds GET /health/endtoend's sentinel.
+    allowed_dirs = {"", "storage", "storage/blobs", "storage/uploads", "storage/health", "run"}
     for path in sorted(data_dir.rglob("*")):
         rel = path.relative_to(data_dir).as_posix()
         if path.is_symlink():
@@ -118,8 +119,6 @@ def storage_problems(data_dir: Path, *, verify_blobs: bool = True) -> list[str]:
             if not ok:
                 problems.append(f"unexpected directory {rel}")
             continue
-        if rel == "storage/health" and path.is_dir():
-            continue  # GET /health/endtoend's sentinel lives there
         if rel in DB_FILES or rel in OTHER_FILES or rel == "storage/health/sentinel":
             continue
         if parts[:2] == ["storage", "uploads"] and len(parts) == 3:
