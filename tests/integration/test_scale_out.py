@@ -223,7 +223,8 @@ class RetryingPusher:
     it to dies before answering; if that one had finished the upload first, the next
     answers the same 201 (a finished upload remembers its digest). BLOB_UPLOAD_UNKNOWN to
     the finishing PUT also restarts the upload, as a real client would, should the
-    upload's row be gone. Any other unexpected answer fails the test."""
+    upload's row be gone, and so does BLOB_UPLOAD_INVALID (the dead replica was moving
+    the upload's bytes into place). Any other unexpected answer fails the test."""
 
     client: httpx.Client
     attempts: int = 10
@@ -263,6 +264,10 @@ class RetryingPusher:
             r = c.put(location, params={"digest": digest})
             if r.status_code == 404 and error_codes(r) == ["BLOB_UPLOAD_UNKNOWN"]:
                 raise Retry(f"PUT {r.request.url.path}: 404 BLOB_UPLOAD_UNKNOWN")
+            if r.status_code == 400 and error_codes(r) == ["BLOB_UPLOAD_INVALID"]:
+                # The killed replica was moving the upload's bytes into place when it died:
+                # the upload cannot be finished any more, and says so; start it again.
+                raise Retry(f"PUT {r.request.url.path}: 400 BLOB_UPLOAD_INVALID")
             self._checked(r, 201)
             assert r.headers["Docker-Content-Digest"] == digest
 
