@@ -27,7 +27,6 @@ For the protocol tests it looks like `RegistryProcess`: `url`, `host`, `admin_au
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import secrets
@@ -35,7 +34,6 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
 import redis
@@ -43,7 +41,7 @@ import redis
 from tests.support.balancer import UPSTREAM_HEADER, Balancer
 from tests.support.postgres import temporary_database
 from tests.support.s3 import SeaweedS3
-from tests.support.server import ADMIN_PASSWORD, ADMIN_USER, RegistryProcess
+from tests.support.server import RegistryProcess, SignedInAsAdmin
 
 REDIS_URL = os.environ.get("CARGOHOLD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOKEN_PATH = "/v2/auth"  # cargohold.web.registry.auth.TOKEN_PATH
@@ -69,7 +67,7 @@ def drop_keys(prefix: str) -> None:
             r.delete(key)
 
 
-class ProductionDeployment:
+class ProductionDeployment(SignedInAsAdmin):
     """PostgreSQL + S3 + Redis, `replica_count` replicas, a balancer in front."""
 
     def __init__(
@@ -107,21 +105,6 @@ class ProductionDeployment:
     @property
     def url(self) -> str:
         return self.front.url
-
-    @property
-    def admin_auth(self) -> tuple[str, str]:
-        return (ADMIN_USER, ADMIN_PASSWORD)
-
-    @property
-    def authorization(self) -> str:
-        raw = f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        """An HTTP client at the balancer, signed in as the superuser (HTTP Basic)."""
-        kwargs.setdefault("timeout", 60.0)
-        kwargs.setdefault("auth", self.admin_auth)
-        return httpx.Client(base_url=self.url, verify=False, **kwargs)
 
     # -- the replicas ----------------------------------------------------------------------
 

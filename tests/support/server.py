@@ -28,7 +28,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RegistryProcess:
+class SignedInAsAdmin:
+    """The superuser's credentials and clients of anything serving the registry at `url`
+    (one test server, or a deployment behind a balancer)."""
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def admin_auth(self) -> tuple[str, str]:
+        """Basic credentials of the superuser every test server starts with."""
+        return (ADMIN_USER, ADMIN_PASSWORD)
+
+    @property
+    def authorization(self) -> str:
+        """The superuser's Authorization header value, for hand-written requests."""
+        raw = f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client signed in as the superuser (HTTP Basic on every request)."""
+        kwargs.setdefault("timeout", 60.0)
+        kwargs.setdefault("auth", self.admin_auth)
+        # verify=False: plain HTTP on loopback; building a TLS context costs ~100 ms.
+        return httpx.Client(base_url=self.url, verify=False, **kwargs)
+
+
+class RegistryProcess(SignedInAsAdmin):
     """One `cargohold serve` process with its own data directory and database."""
 
     def __init__(
@@ -51,24 +78,6 @@ class RegistryProcess:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
-
-    @property
-    def admin_auth(self) -> tuple[str, str]:
-        """Basic credentials of the superuser every test server starts with."""
-        return (ADMIN_USER, ADMIN_PASSWORD)
-
-    @property
-    def authorization(self) -> str:
-        """The superuser's Authorization header value, for hand-written requests."""
-        raw = f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        """An HTTP client signed in as the superuser (HTTP Basic on every request)."""
-        kwargs.setdefault("timeout", 60.0)
-        kwargs.setdefault("auth", self.admin_auth)
-        # verify=False: plain HTTP on loopback; building a TLS context costs ~100 ms.
-        return httpx.Client(base_url=self.url, verify=False, **kwargs)
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARGOHOLD_")}
